@@ -1,0 +1,95 @@
+"""Kronecker-factored blocks: ``F ~= A (x) G`` for a weight matrix ``[W, b]``."""
+import math
+
+from chainer import backend
+
+from chainerkfac import linalg
+from chainerkfac.fisher_blocks.base import FisherBlock
+
+
+def input_second_moment(patches, n_examples, with_bias):
+    """``A = (1/N) sum_j abar_j abar_j^T`` with ``abar_j = [a_j; 1]`` if bias.
+
+    Args:
+        patches: ``(D, M)`` array whose columns ``a_j`` are the M input vectors
+            (M = N for Linear, N*T for a convolution).
+        n_examples (int): N, the number of examples.
+        with_bias (bool): append the constant-one input of the bias.
+
+    The ones row is never materialised: its products are column sums and M.
+    """
+    d, m = patches.shape
+    xp = backend.get_array_module(patches)
+    size = d + 1 if with_bias else d
+    a = xp.empty((size, size), dtype=patches.dtype)
+    a[:d, :d] = patches @ patches.T
+    if with_bias:
+        sums = patches.sum(axis=1)
+        a[:d, d] = sums
+        a[d, :d] = sums
+        a[d, d] = m
+    a /= n_examples
+    return a
+
+
+def output_second_moment(grads, scale):
+    """``G = scale * sum_j g_j g_j^T`` for the columns of a ``(D, M)`` array."""
+    g = grads @ grads.T
+    g *= scale
+    return g
+
+
+class KroneckerFactoredBlock(FisherBlock):
+    """Block of a link ``s = W a + b`` (Linear, Convolution2D).
+
+    The Fisher of ``vec([W, b])`` is approximated by ``A (x) G`` with
+    ``A = E[abar abar^T]`` and ``G = E[g g^T]``; the preconditioned gradient is
+    ``(G + sqrt(gamma)/pi I)^-1 [dW, db] (A + pi sqrt(gamma) I)^-1``
+    (factored Tikhonov damping, ``pi`` by the trace-norm rule or 1).
+    """
+
+    statistic_names = ('A', 'G')
+
+    @property
+    def has_bias(self):
+        return getattr(self.link, 'b', None) is not None
+
+    @property
+    def param_names(self):
+        return ('W', 'b') if self.has_bias else ('W',)
+
+    def compute_inverses(self, damping, stab_coeff, pi_type):
+        a, g = self.ema['A'], self.ema['G']
+        pi = linalg.pi_tracenorm(a, g) if pi_type == 'tracenorm' else 1.0
+        root = math.sqrt(damping)
+        for name, factor, value in (('A', a, pi * root), ('G', g, root / pi)):
+            try:
+                inverse, added = linalg.damped_inverse(factor, value)
+            except linalg.NotPositiveDefiniteError as e:
+                self.warn_once('identity', 'factor {} cannot be inverted ({}); '
+                               'using the plain gradient'.format(name, e))
+                inverse = None
+            else:
+                if added != value:
+                    self.warn_once('damping', (
+                        'damped factor {} is not positive definite; its damping '
+                        'was raised from {:.3g} to {:.3g} (warned once per '
+                        'block)').format(name, value, added))
+            self.inverse[name] = inverse
+
+    def precondition(self, grads):
+        a_inv, g_inv = self.inverse['A'], self.inverse['G']
+        if a_inv is None or g_inv is None:
+            return grads
+        xp = backend.get_array_module(grads[0])
+        gw = grads[0]
+        out_size = gw.shape[0]
+        matrix = gw.reshape(out_size, -1)
+        if self.has_bias:
+            matrix = xp.concatenate([matrix, grads[1].reshape(out_size, 1)], 1)
+        dtype = matrix.dtype
+        matrix = g_inv @ matrix.astype(a_inv.dtype, copy=False) @ a_inv
+        matrix = matrix.astype(dtype, copy=False)
+        if self.has_bias:
+            return [matrix[:, :-1].reshape(gw.shape), matrix[:, -1].copy()]
+        return [matrix.reshape(gw.shape)]

@@ -1,0 +1,250 @@
+"""Single-process K-FAC optimizer (Osawa et al., CVPR 2019; Martens & Grosse 2015)."""
+import logging
+import warnings
+
+from chainer import backend
+from chainer import optimizer
+
+from chainerkfac import fisher_blocks
+from chainerkfac.hooks import KFACStatisticsHook
+from chainerkfac.optimizers.update_rule import KFACUpdateRule
+
+logger = logging.getLogger(__name__)
+
+BN_FISHER_MODES = ('full', 'unit', 'diag')
+PI_TYPES = ('tracenorm', 'none')
+
+
+def _check(condition, message):
+    if not condition:
+        raise ValueError('chainerkfac.KFAC: ' + message)
+
+
+class KFAC(optimizer.GradientMethod):
+    """K-FAC: natural-gradient descent with Kronecker-factored curvature.
+
+    Each ``Linear``, ``Convolution2D`` and ``BatchNormalization`` link gets a
+    Fisher block (see :mod:`chainerkfac.fisher_blocks`); parameters of other
+    links are updated by momentum SGD on their plain gradient (``setup``
+    warns once, listing them). One step, given the mean loss of a batch:
+
+    1. forward and backward with a function hook that captures each block's
+       statistics (``A = E[abar abar^T]``, ``G = E[g g^T]``, BN's ``F``);
+    2. optimizer hooks (e.g. :class:`chainer.optimizer_hooks.WeightDecay`)
+       act on the gradient, which is therefore preconditioned with it;
+    3. each block: ``ema = r new + (1 - r) ema`` (``r = cov_ema_decay``, the
+       original code's convention: ``r`` weighs the *newest* statistic,
+       1.0 keeps only it), damped inverses of the EMA (never stored into it),
+       preconditioned gradient ``Delta = G^-1 grad A^-1`` or ``F^-1 grad``;
+    4. ``v <- mu v - lr Delta``, ``theta <- theta + v``.
+
+    Use it as any Chainer optimizer: ``opt.setup(model)`` then
+    ``opt.update(lossfun, *args)`` (or through a ``StandardUpdater``). The
+    loss must be the mean over the batch: per-example gradients are recovered
+    as ``N dL/ds``.
+
+    Args:
+        lr (float): learning rate.
+        momentum (float): heavy-ball momentum ``mu``.
+        damping (float): Tikhonov damping ``gamma``: ``pi sqrt(gamma)`` and
+            ``sqrt(gamma)/pi`` are added to A and G, ``stab_coeff * gamma``
+            to BN's F. When a damped factor is still not positive definite
+            the damping of that factor is raised (see
+            :func:`chainerkfac.linalg.damped_inverse`) with one warning per
+            block.
+        cov_ema_decay (float): weight ``r`` of the newest statistic, in
+            ``(0, 1]``.
+        stab_coeff (float): multiplier of the damping for BN blocks.
+        bn_fisher (str): ``'full'`` (2C x 2C, the original code), ``'unit'``
+            (2x2 per channel, SP-NGD) or ``'diag'`` (the CVPR paper).
+        pi_type (str): ``'tracenorm'`` (``pi = sqrt((tr A/dim A)/(tr G/dim
+            G))``) or ``'none'`` (``pi = 1``).
+        acc_iters (int): micro-batches per step: gradients and statistics of
+            ``acc_iters`` consecutive ``update`` calls are averaged (with
+            equal weights) and one step is taken on the last call. A
+            snapshot holds no partial accumulation: resume at step
+            boundaries.
+        adjust_momentum (bool): use ``mu * lr_t / lr_{t-1}`` on steps whose
+            learning rate dropped.
+        loss_scale (float): static loss scale for fp16 training; removed from
+            the gradients and from G and F.
+    """
+
+    def __init__(self, lr=0.01, momentum=0.9, damping=1e-3,
+                 cov_ema_decay=0.99, stab_coeff=16.0, bn_fisher='full',
+                 pi_type='tracenorm', acc_iters=1, adjust_momentum=False,
+                 loss_scale=None):
+        super(KFAC, self).__init__()
+        _check(lr >= 0, 'lr must be >= 0, got {}'.format(lr))
+        _check(0 <= momentum <= 1, 'momentum must be in [0, 1]')
+        _check(damping >= 0, 'damping must be >= 0, got {}'.format(damping))
+        _check(0 < cov_ema_decay <= 1, 'cov_ema_decay must be in (0, 1], '
+               'got {}'.format(cov_ema_decay))
+        _check(stab_coeff >= 0, 'stab_coeff must be >= 0')
+        _check(bn_fisher in BN_FISHER_MODES, 'bn_fisher must be one of {}, '
+               'got {!r}'.format(BN_FISHER_MODES, bn_fisher))
+        _check(pi_type in PI_TYPES, 'pi_type must be one of {}, got {!r}'
+               .format(PI_TYPES, pi_type))
+        _check(int(acc_iters) == acc_iters and acc_iters >= 1,
+               'acc_iters must be a positive integer, got {}'.format(acc_iters))
+        _check(loss_scale is None or loss_scale > 0, 'loss_scale must be > 0')
+        self.hyperparam.lr = lr
+        self.hyperparam.momentum = momentum
+        self.hyperparam.damping = damping
+        self.hyperparam.cov_ema_decay = cov_ema_decay
+        self.hyperparam.stab_coeff = stab_coeff
+        self.hyperparam.adjust_momentum = adjust_momentum
+        self.bn_fisher = bn_fisher
+        self.pi_type = pi_type
+        self.acc_iters = int(acc_iters)
+        if loss_scale is not None:
+            self._loss_scale = loss_scale
+        self.fisher_blocks = []
+        self.plain_links = []
+        self._micro_step = 0
+        self._hook = None
+
+    lr = optimizer.HyperparameterProxy('lr')
+    momentum = optimizer.HyperparameterProxy('momentum')
+    damping = optimizer.HyperparameterProxy('damping')
+    cov_ema_decay = optimizer.HyperparameterProxy('cov_ema_decay')
+    stab_coeff = optimizer.HyperparameterProxy('stab_coeff')
+    adjust_momentum = optimizer.HyperparameterProxy('adjust_momentum')
+
+    def create_update_rule(self):
+        return KFACUpdateRule(self.hyperparam)
+
+    def setup(self, link):
+        """Sets up the target link and builds its Fisher blocks.
+
+        Raises:
+            ValueError: a link's configuration is unsupported (e.g. a grouped
+                convolution); the message names the link.
+        """
+        blocks, plain = fisher_blocks.create_fisher_blocks(
+            link, self.bn_fisher)
+        super(KFAC, self).setup(link)
+        self.fisher_blocks = blocks
+        self.plain_links = plain
+        self._hook = KFACStatisticsHook(blocks)
+        logger.info('chainerkfac: %s', self.fisher_block_summary())
+        if plain:
+            warnings.warn(
+                'chainerkfac: no Fisher block for links {}; their parameters '
+                'get momentum SGD on the plain gradient'.format(
+                    ', '.join(plain)), UserWarning, stacklevel=2)
+        return self
+
+    def fisher_block_summary(self):
+        """One line per link with parameters: its block type, or SGD."""
+        lines = ['{} {}'.format(b.name, type(b).__name__)
+                 for b in self.fisher_blocks]
+        lines += ['{} plain-SGD'.format(name) for name in self.plain_links]
+        return '\n'.join(lines)
+
+    # --- one update ----------------------------------------------------------
+    def update(self, lossfun=None, *args, **kwds):
+        """Runs forward/backward of ``lossfun(*args, **kwds)`` and, on the
+        last of ``acc_iters`` calls, one K-FAC step."""
+        if lossfun is None:
+            raise TypeError(
+                'chainerkfac.KFAC.update needs the loss function: the '
+                'curvature statistics are captured during its forward and '
+                'backward passes')
+        self._hook.grad_scale = self._loss_scale or 1.0
+        with self._hook:
+            loss = lossfun(*args, **kwds)
+            if self._micro_step == 0:
+                self.target.cleargrads()
+            loss.backward(loss_scale=self._loss_scale)
+        del loss
+        self._micro_step += 1
+        if self._micro_step < self.acc_iters:
+            return
+        self._micro_step = 0
+        if self.acc_iters > 1:
+            for param in self.target.params():
+                if param.grad is not None:
+                    param.grad /= self.acc_iters
+        self.step()
+
+    def step(self):
+        """Takes one step from the gradients in ``param.grad`` and the
+        statistics captured by the blocks."""
+        self.reallocate_cleared_grads()
+        self.check_nan_in_grads()
+        self.call_hooks('pre')
+        self.t += 1
+        statistics = [(b, b.take_statistics()) for b in self.fisher_blocks]
+        if self.is_safe_to_update():
+            self.update_curvature(statistics)
+            self.update_parameters()
+        self.reallocate_cleared_grads()
+        self.call_hooks('post')
+        self.update_loss_scale()
+
+    def update_curvature(self, statistics):
+        """EMA of the new statistics and fresh damped inverses.
+
+        Args:
+            statistics: list of ``(block, {name: array})``; blocks with
+                nothing new keep their curvature.
+        """
+        hp = self.hyperparam
+        for block, stats in statistics:
+            if not stats:
+                continue
+            block.update_ema(stats, hp.cov_ema_decay)
+            if all(block.ema[n] is not None for n in block.statistic_names):
+                block.compute_inverses(hp.damping, hp.stab_coeff, self.pi_type)
+
+    def update_parameters(self, blocks=None):
+        """Preconditions and updates the parameters of ``blocks`` (default:
+        all) and updates every parameter without a block by plain SGD."""
+        if blocks is None:
+            blocks = self.fisher_blocks
+            covered = set()
+            for block in self.fisher_blocks:
+                covered.update(id(p) for p in block.params)
+            for param in self.target.params():
+                if id(param) not in covered:
+                    param.update()
+        for block in blocks:
+            self.update_block(block)
+
+    def update_block(self, block):
+        params = block.params
+        rules = [p.update_rule for p in params]
+        if not all(r is not None and r.enabled for r in rules):
+            for p in params:
+                p.update()
+            return
+        targets = []
+        for param, rule in zip(params, rules):
+            rule.t += 1
+            targets.append(rule.begin(param))
+        if any(t is None for t in targets):
+            return
+        grads = [t.grad for t in targets]
+        directions = block.precondition(grads)
+        if directions is not grads:
+            xp = backend.get_array_module(grads[0])
+            if not all(bool(xp.isfinite(d).all()) for d in directions):
+                block.warn_once('nonfinite', 'preconditioned gradient is not '
+                                'finite; using the plain gradient this step')
+                directions = grads
+        for param, rule, target, direction in zip(params, rules, targets,
+                                                  directions):
+            target.grad = direction
+            rule.update_core(target)
+            rule.finish(param, target)
+
+    # --- state ---------------------------------------------------------------
+    def serialize(self, serializer):
+        """Saves/loads the update rules (momentum, ``t``, ``lr_prev``) and
+        every block's EMAs and inverses, so a resumed optimizer takes the
+        same next step."""
+        super(KFAC, self).serialize(serializer)
+        blocks = serializer['fisher_blocks']
+        for block in self.fisher_blocks:
+            block.serialize(blocks[block.name.strip('/') or 'root'])

@@ -1,0 +1,106 @@
+"""Per-parameter update rule of K-FAC: heavy-ball momentum on a direction."""
+import numpy
+
+import chainer
+from chainer.backends import cuda
+from chainer import optimizer
+
+_default_hyperparam = optimizer.Hyperparameter()
+_default_hyperparam.lr = 0.01
+_default_hyperparam.momentum = 0.9
+_default_hyperparam.adjust_momentum = False
+
+
+class KFACUpdateRule(optimizer.UpdateRule):
+    """Heavy-ball update on a direction ``Delta`` held in the gradient slot.
+
+    ``v <- mu_t v - lr Delta``, ``theta <- theta + v``. For parameters with a
+    Fisher block ``Delta`` is the preconditioned gradient, for the others the
+    plain gradient. With ``adjust_momentum`` the momentum of a step whose
+    learning rate dropped is ``mu_t = mu * lr_t / lr_{t-1}`` (as the original
+    code), so that a learning-rate decay also damps the velocity.
+
+    The update is split in :meth:`begin` (fp32 master copy, loss-scale removal,
+    the rule's pre-update hooks) and :meth:`finish` (post-update hooks, copy
+    back to fp16) so the optimizer can precondition in between.
+    """
+
+    def __init__(self, parent_hyperparam=None, lr=None, momentum=None):
+        super(KFACUpdateRule, self).__init__(
+            parent_hyperparam or _default_hyperparam)
+        if lr is not None:
+            self.hyperparam.lr = lr
+        if momentum is not None:
+            self.hyperparam.momentum = momentum
+        self.lr_prev = 0.0
+
+    def init_state(self, param):
+        with chainer.using_device(param.device):
+            self.state['v'] = param.device.xp.zeros_like(param.data)
+
+    def effective_momentum(self):
+        hp = self.hyperparam
+        lr, momentum = hp.lr, hp.momentum
+        if hp.adjust_momentum and 0 < lr < self.lr_prev:
+            momentum = momentum * lr / self.lr_prev
+        return momentum
+
+    def begin(self, param):
+        """Prepares the variable to update; returns None if nothing to do.
+
+        The returned variable (``param`` or its fp32 master copy) holds the
+        gradient with the loss scale removed and the rule's hooks applied.
+        """
+        if param.array is None or param.grad is None:
+            return None
+        if self._use_fp32_update and param.dtype == numpy.float16:
+            if self._fp32_param is None:
+                self._fp32_param = chainer.Parameter(
+                    param.array.astype(numpy.float32), name=param.name)
+            target = self._fp32_param
+            target.grad = param.grad.astype(numpy.float32)
+        else:
+            target = param
+        self._init_states(target)
+        if param._loss_scale is not None:
+            target.grad /= param._loss_scale
+        self._hookable.call_hooks('pre', args=(self, target))
+        return target
+
+    def finish(self, param, target):
+        """Runs the post-update hooks and copies an fp32 master back."""
+        self._hookable.call_hooks('post', args=(self, target))
+        self.lr_prev = self.hyperparam.lr
+        if target is not param:
+            param.array = target.array.astype(param.dtype)
+            target.grad = None
+
+    def update(self, param):
+        """Plain (unpreconditioned) update, used for parameters without a
+        Fisher block."""
+        if not self.enabled:
+            return
+        self.t += 1
+        with chainer.using_device(param.device):
+            target = self.begin(param)
+            if target is not None:
+                self.update_core(target)
+                self.finish(param, target)
+
+    def update_core_cpu(self, param):
+        v = self.state['v']
+        v *= self.effective_momentum()
+        v -= self.hyperparam.lr * param.grad
+        param.array += v
+
+    def update_core_gpu(self, param):  # pragma: no cover - needs a GPU
+        cuda.elementwise(
+            'T grad, T lr, T momentum', 'T param, T v',
+            'v = momentum * v - lr * grad; param += v;',
+            'chainerkfac_momentum')(
+                param.grad, self.hyperparam.lr, self.effective_momentum(),
+                param.array, self.state['v'])
+
+    def serialize(self, serializer):
+        super(KFACUpdateRule, self).serialize(serializer)
+        self.lr_prev = float(serializer('lr_prev', self.lr_prev))
