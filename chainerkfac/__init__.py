@@ -1,9 +1,6 @@
 """chainerkfac: distributed K-FAC for Chainer (Osawa et al., CVPR 2019)."""
-try:  # TEMPORARY until _compat lands
-    from chainerkfac import _compat
-    _compat.patch_numpy_for_chainer()
-except ImportError:
-    pass
+# Must precede any chainer import: makes Chainer 7.8.1 work on NumPy 2.
+from chainerkfac import _compat  # NOQA: F401
 
 from chainerkfac import fisher_blocks  # NOQA: E402
 from chainerkfac import linalg  # NOQA: E402
