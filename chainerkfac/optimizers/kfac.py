@@ -100,7 +100,9 @@ class KFAC(optimizer.GradientMethod):
         if loss_scale is not None:
             self._loss_scale = loss_scale
         self.fisher_blocks = []
+        self.owned_blocks = []
         self.plain_links = []
+        self.plain_params = []
         self._micro_step = 0
         self._hook = None
 
@@ -125,7 +127,11 @@ class KFAC(optimizer.GradientMethod):
             link, self.bn_fisher)
         super(KFAC, self).setup(link)
         self.fisher_blocks = blocks
+        self.owned_blocks = blocks
         self.plain_links = plain
+        covered = set(id(p) for b in blocks for p in b.params)
+        self.plain_params = [p for _, p in sorted(link.namedparams())
+                             if id(p) not in covered]
         self._hook = KFACStatisticsHook(blocks)
         logger.info('chainerkfac: %s', self.fisher_block_summary())
         if plain:
@@ -152,14 +158,17 @@ class KFAC(optimizer.GradientMethod):
                 'curvature statistics are captured during its forward and '
                 'backward passes')
         self._hook.grad_scale = self._loss_scale or 1.0
+        last = self._micro_step + 1 == self.acc_iters
         with self._hook:
             loss = lossfun(*args, **kwds)
+            if last:
+                self.after_forward()
             if self._micro_step == 0:
                 self.target.cleargrads()
             loss.backward(loss_scale=self._loss_scale)
         del loss
         self._micro_step += 1
-        if self._micro_step < self.acc_iters:
+        if not last:
             return
         self._micro_step = 0
         if self.acc_iters > 1:
@@ -168,20 +177,37 @@ class KFAC(optimizer.GradientMethod):
                     param.grad /= self.acc_iters
         self.step()
 
+    def after_forward(self):
+        """Called between the forward and backward passes of the last
+        micro-batch of a step (a place to start communication early)."""
+
     def step(self):
         """Takes one step from the gradients in ``param.grad`` and the
         statistics captured by the blocks."""
         self.reallocate_cleared_grads()
+        statistics = self.exchange_statistics_and_gradients()
         self.check_nan_in_grads()
         self.call_hooks('pre')
         self.t += 1
-        statistics = [(b, b.take_statistics()) for b in self.fisher_blocks]
         if self.is_safe_to_update():
             self.update_curvature(statistics)
             self.update_parameters()
+            self.exchange_parameters()
         self.reallocate_cleared_grads()
         self.call_hooks('post')
         self.update_loss_scale()
+
+    def exchange_statistics_and_gradients(self):
+        """Stage 2: the statistics and gradients of the blocks this process
+        owns. Single process: this step's own, in place.
+
+        Returns:
+            list of ``(block, {statistic name: array})``.
+        """
+        return [(b, b.take_statistics()) for b in self.fisher_blocks]
+
+    def exchange_parameters(self):
+        """Stage 4: parameters updated elsewhere. Nothing in one process."""
 
     def update_curvature(self, statistics):
         """EMA of the new statistics and fresh damped inverses.
@@ -198,18 +224,13 @@ class KFAC(optimizer.GradientMethod):
             if all(block.ema[n] is not None for n in block.statistic_names):
                 block.compute_inverses(hp.damping, hp.stab_coeff, self.pi_type)
 
-    def update_parameters(self, blocks=None):
-        """Preconditions and updates the parameters of ``blocks`` (default:
-        all) and updates every parameter without a block by plain SGD."""
-        if blocks is None:
-            blocks = self.fisher_blocks
-            covered = set()
-            for block in self.fisher_blocks:
-                covered.update(id(p) for p in block.params)
-            for param in self.target.params():
-                if id(param) not in covered:
-                    param.update()
-        for block in blocks:
+    def update_parameters(self):
+        """Stage 3: preconditions and updates the parameters of the owned
+        blocks, and updates the parameters without a block by momentum SGD
+        on their plain gradient."""
+        for param in self.plain_params:
+            param.update()
+        for block in self.owned_blocks:
             self.update_block(block)
 
     def update_block(self, block):
