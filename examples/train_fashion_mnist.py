@@ -1,0 +1,104 @@
+#!/usr/bin/env python
+"""Trains a small CNN on Fashion-MNIST with K-FAC (or momentum SGD) on CPU.
+
+Data: Debian's ``dataset-fashion-mnist`` (60k train / 10k test, 28x28).
+Example::
+
+    python examples/train_fashion_mnist.py --epoch 3 --out result/fmnist
+"""
+import argparse
+import os
+import sys
+import time
+import warnings
+
+import chainer
+import chainer.links as L
+import numpy
+from chainer import training
+from chainer.training import extensions
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import chainerkfac  # NOQA: E402
+from chainerkfac.datasets import get_fashion_mnist  # NOQA: E402
+from models import small_cnn  # NOQA: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--optimizer', choices=('kfac', 'sgd'), default='kfac')
+    p.add_argument('--arch', choices=('demo', 'small'), default='demo')
+    p.add_argument('--epoch', type=int, default=2)
+    p.add_argument('--batchsize', type=int, default=256)
+    p.add_argument('--lr', type=float, default=None,
+                   help='default: 0.02 for kfac, 0.1 for sgd')
+    p.add_argument('--momentum', type=float, default=0.9)
+    p.add_argument('--damping', type=float, default=3e-3)
+    p.add_argument('--cov-ema-decay', type=float, default=0.1)
+    p.add_argument('--bn-fisher', choices=('full', 'unit', 'diag'),
+                   default='unit')
+    p.add_argument('--train-limit', type=int, default=None)
+    p.add_argument('--test-limit', type=int, default=None)
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--out', default='result/fashion_mnist')
+    p.add_argument('--no-progress', action='store_true')
+    return p.parse_args(argv)
+
+
+def make_optimizer(args):
+    if args.optimizer == 'sgd':
+        return chainer.optimizers.MomentumSGD(lr=args.lr or 0.1,
+                                              momentum=args.momentum)
+    return chainerkfac.optimizers.KFAC(
+        lr=args.lr or 0.02, momentum=args.momentum, damping=args.damping,
+        cov_ema_decay=args.cov_ema_decay, bn_fisher=args.bn_fisher)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    numpy.random.seed(args.seed)
+    train = get_fashion_mnist('train', limit=args.train_limit)
+    test = get_fashion_mnist('test', limit=args.test_limit)
+    net = small_cnn.DemoCNN() if args.arch == 'demo' else small_cnn.SmallCNN()
+    model = L.Classifier(net)
+    optimizer = make_optimizer(args)
+    optimizer.setup(model)
+
+    train_iter = chainer.iterators.SerialIterator(train, args.batchsize)
+    test_iter = chainer.iterators.SerialIterator(test, 1000, repeat=False,
+                                                 shuffle=False)
+    updater = training.StandardUpdater(train_iter, optimizer)
+    trainer = training.Trainer(updater, (args.epoch, 'epoch'), out=args.out)
+    trainer.extend(extensions.Evaluator(test_iter, model))
+    trainer.extend(extensions.LogReport())
+    trainer.extend(extensions.observe_lr())
+    trainer.extend(extensions.PrintReport(
+        ['epoch', 'iteration', 'main/loss', 'main/accuracy',
+         'validation/main/loss', 'validation/main/accuracy', 'lr',
+         'elapsed_time']))
+    if extensions.PlotReport.available():
+        trainer.extend(extensions.PlotReport(
+            ['main/loss', 'validation/main/loss'], 'epoch',
+            file_name='loss.png'))
+        trainer.extend(extensions.PlotReport(
+            ['main/accuracy', 'validation/main/accuracy'], 'epoch',
+            file_name='accuracy.png'))
+    trainer.extend(extensions.snapshot(), trigger=(args.epoch, 'epoch'))
+    if not args.no_progress:
+        trainer.extend(extensions.ProgressBar(update_interval=10))
+    start = time.time()
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', DeprecationWarning)
+        trainer.run()
+    log = trainer.get_extension('LogReport').log
+    final = log[-1]
+    print('final: optimizer={} test accuracy={:.4f} train loss={:.4f} '
+          'wall time={:.0f}s'.format(args.optimizer,
+                                     final['validation/main/accuracy'],
+                                     final['main/loss'], time.time() - start))
+    return final
+
+
+if __name__ == '__main__':
+    main()
