@@ -2,9 +2,12 @@
 # Must precede any chainer import: makes Chainer 7.8.1 work on NumPy 2.
 from chainerkfac import _compat  # NOQA: F401
 
+from chainerkfac import communicators  # NOQA: E402
 from chainerkfac import fisher_blocks  # NOQA: E402
 from chainerkfac import linalg  # NOQA: E402
 from chainerkfac import optimizers  # NOQA: E402
+from chainerkfac.communicators import create_communicator  # NOQA: E402
+from chainerkfac.optimizers import DistributedKFAC  # NOQA: E402
 from chainerkfac.optimizers import KFAC  # NOQA: E402
 
 __version__ = '0.1.0'

@@ -87,13 +87,16 @@ class FisherBlock(object):
             self._sums[name] += value
         self._counts[name] += 1
 
-    def take_statistics(self):
+    def take_statistics(self, names=None):
         """Returns {name: mean over the micro-batches since the last call}.
 
-        Statistics not captured since the last call are absent.
+        Statistics not captured since the last call are absent. ``names``
+        restricts the take to those statistics (default: all).
         """
         out = {}
-        for name in self.statistic_names:
+        for name in names or self.statistic_names:
+            if name not in self._sums:
+                continue
             total, count = self._sums[name], self._counts[name]
             if total is not None:
                 out[name] = total / count if count > 1 else total

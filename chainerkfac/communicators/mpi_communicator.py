@@ -1,0 +1,297 @@
+"""MPI communicator with the packed collectives of distributed K-FAC."""
+import numpy
+from chainer import backend
+from chainermn.communicators import mpi_communicator_base
+from mpi4py import MPI
+
+from chainerkfac.communicators.packing import fp16_exponents
+from chainerkfac.communicators.packing import max_abs
+from chainerkfac.communicators.packing import PackingPlan
+
+_COMM_DTYPES = {'float32': numpy.float32, 'float16': numpy.float16}
+
+
+def comm_dtype_of(name):
+    """``'float32'``/``'float16'`` (or the NumPy dtypes) to a NumPy dtype."""
+    dtype = _COMM_DTYPES.get(name, None) if isinstance(name, str) else name
+    if dtype not in (numpy.float32, numpy.float16):
+        raise ValueError("comm_dtype must be 'float32' or 'float16', got "
+                         "{!r}".format(name))
+    return numpy.dtype(dtype).type
+
+
+def _fp16_sum(inbuf, inoutbuf, datatype):
+    """MPI reduction op: elementwise fp16 sum, each addition done in fp32."""
+    a = numpy.frombuffer(inbuf, dtype=numpy.float16)
+    b = numpy.frombuffer(inoutbuf, dtype=numpy.float16)
+    b[...] = (a.astype(numpy.float32) + b.astype(numpy.float32)).astype(
+        numpy.float16)
+
+
+_FP16_SUM = None
+
+
+def _mpi_args(buffer):
+    """``[buffer, MPI type]``: fp16 travels as 16-bit words."""
+    if buffer.dtype == numpy.float16:
+        return [buffer, MPI.UINT16_T]
+    return [buffer, MPI.FLOAT]
+
+
+class PendingReduceScatter(object):
+    """Handle of a non-blocking :meth:`MpiCommunicator.start_reduce_scatter_v`."""
+
+    def __init__(self, request, finish):
+        self._request, self._finish = request, finish
+
+    def wait(self):
+        """Waits for the collective and returns this rank's arrays."""
+        if self._request is not None:
+            self._request.Wait()
+        return self._finish()
+
+
+class MpiCommunicator(mpi_communicator_base.MpiCommunicatorBase):
+    """ChainerMN MPI communicator with K-FAC's packed collectives.
+
+    Arrays are NumPy (CPU); CuPy arrays are staged through host memory.
+    Buffers are kept and reused across steps (grown when a step needs more).
+
+    Byte counters (:attr:`bytes_sent`, :attr:`bytes_received`, cumulative;
+    see :meth:`reset_traffic`) count what this rank moves under the
+    bandwidth-optimal ring algorithms: a reduce-scatter of segments
+    ``c_0..c_{p-1}`` sends ``total - c_rank`` values, an all-gather receives
+    ``total - c_rank``, an all-reduce of n values moves ``2 (p-1)/p n``.
+    """
+
+    def __init__(self, mpi_comm):
+        super(MpiCommunicator, self).__init__(mpi_comm)
+        self._buffers = {}
+        self._plans = {}
+        self.reset_traffic()
+
+    # --- bookkeeping ------------------------------------------------------
+    def reset_traffic(self):
+        """Zeroes :attr:`bytes_sent` and :attr:`bytes_received`."""
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    def _buffer(self, purpose, size, dtype):
+        key = (purpose, numpy.dtype(dtype).str)
+        buf = self._buffers.get(key)
+        if buf is None or buf.size < size:
+            buf = numpy.empty(max(size, 1), dtype=dtype)
+            self._buffers[key] = buf
+        return buf[:size]
+
+    def _plan(self, items):
+        key = tuple(items)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = PackingPlan(items)
+        return plan
+
+    def _plans_of(self, arrays_per_rank):
+        if len(arrays_per_rank) != self.size:
+            raise ValueError('expected one list of arrays per rank ({}), got '
+                             '{}'.format(self.size, len(arrays_per_rank)))
+        return [self._plan([(a.shape, sym) for a, sym in seg])
+                for seg in arrays_per_rank]
+
+    def _global_exponents(self, arrays):
+        """fp16 scale exponents of ``arrays``, agreed by all ranks (one MAX
+        all-reduce of one float per array)."""
+        local = max_abs(arrays)
+        total = numpy.empty_like(local)
+        self.mpi_comm.Allreduce(local, total, op=MPI.MAX)
+        self._count_allreduce(local.size, local.itemsize)
+        return fp16_exponents(total, n_terms=self.size)
+
+    def _count_allreduce(self, n, itemsize):
+        p = self.size
+        moved = 2 * (p - 1) * n * itemsize // p
+        self.bytes_sent += moved
+        self.bytes_received += moved
+
+    # --- collectives ------------------------------------------------------
+    def multi_node_mean_grad(self, model, zero_fill=False):
+        """Averages the gradients of ``model`` over ranks (one all-reduce)."""
+        params = [p for _, p in sorted(model.namedparams())
+                  if p.array is not None and (p.grad is not None or zero_fill)]
+        for p in params:
+            if p.grad is None:
+                p.grad = p.xp.zeros_like(p.array)
+        means = self.allreduce_mean([p.grad for p in params])
+        for p, mean in zip(params, means):
+            p.grad[...] = mean
+
+    def allreduce_mean(self, arrays, comm_dtype='float32'):
+        """Means over ranks of a list of arrays, through one packed buffer.
+
+        Returns:
+            list: new arrays (dtype and shape of the inputs).
+        """
+        if not arrays:
+            return []
+        dtype = comm_dtype_of(comm_dtype)
+        plan = self._plan([(a.shape, False) for a in arrays])
+        send = self._buffer('allreduce', plan.size, dtype)
+        scales = None
+        if dtype == numpy.float16:
+            scales = 2.0 ** self._global_exponents(arrays)
+        self._pack(plan, arrays, send, scales)
+        op = MPI.SUM if dtype == numpy.float32 else self._fp16_op()
+        self.mpi_comm.Allreduce(MPI.IN_PLACE, _mpi_args(send), op=op)
+        self._count_allreduce(plan.size, send.itemsize)
+        divisors = self.size * (numpy.ones(len(plan)) if scales is None
+                                else scales)
+        return self._unpack(plan, send, divisors, arrays)
+
+    def reduce_scatter_v(self, arrays_per_rank, comm_dtype='float32'):
+        """Sums arrays over ranks and gives each rank the mean of its own.
+
+        Args:
+            arrays_per_rank: ``arrays_per_rank[r]`` is the list of
+                ``(array, symmetric)`` pairs owned by rank ``r`` (the same
+                shapes on every rank). Symmetric matrices travel as upper
+                triangles.
+            comm_dtype: ``'float32'`` or ``'float16'`` (scaled by per-array
+                powers of two so that the sum over ranks stays below
+                ``2**14``: relative rounding ~``2**-11`` per value and
+                addition; values below ``max * 2**-24`` flush to zero).
+
+        Returns:
+            list: this rank's arrays, averaged over ranks (new arrays, in
+            the inputs' dtypes).
+        """
+        return self.start_reduce_scatter_v(
+            arrays_per_rank, comm_dtype, blocking=True).wait()
+
+    def start_reduce_scatter_v(self, arrays_per_rank, comm_dtype='float32',
+                               blocking=False, purpose='rs'):
+        """Non-blocking :meth:`reduce_scatter_v` (``MPI_Ireduce_scatter``);
+        ``.wait()`` on the returned handle gives the arrays."""
+        dtype = comm_dtype_of(comm_dtype)
+        plans = self._plans_of(arrays_per_rank)
+        counts = [p.size for p in plans]
+        total = sum(counts)
+        own = plans[self.rank]
+        flat = [a for seg in arrays_per_rank for a, _ in seg]
+        if total == 0:
+            return PendingReduceScatter(None, lambda: [])
+        send = self._buffer(purpose + '_send', total, dtype)
+        recv = self._buffer(purpose + '_recv', counts[self.rank], dtype)
+        scales = None
+        if dtype == numpy.float16:
+            scales = 2.0 ** self._global_exponents(flat)
+        offset, index = 0, 0
+        for plan, seg in zip(plans, arrays_per_rank):
+            n = len(plan)
+            self._pack(plan, [a for a, _ in seg], send[offset:offset + plan.size],
+                       None if scales is None else scales[index:index + n])
+            offset += plan.size
+            index += n
+        op = MPI.SUM if dtype == numpy.float32 else self._fp16_op()
+        args = (_mpi_args(send), _mpi_args(recv), counts, op)
+        if blocking:
+            self.mpi_comm.Reduce_scatter(*args)
+            request = None
+        else:
+            request = self.mpi_comm.Ireduce_scatter(*args)
+        p, r = self.size, self.rank
+        self.bytes_sent += (total - counts[r]) * send.itemsize
+        self.bytes_received += (total - counts[(r - 1) % p]) * send.itemsize
+        first = sum(len(plans[q]) for q in range(r))
+        own_arrays = [a for a, _ in arrays_per_rank[r]]
+        own_scales = (None if scales is None
+                      else scales[first:first + len(own)])
+
+        def finish():
+            divisors = p * (numpy.ones(len(own)) if own_scales is None
+                            else own_scales)
+            return self._unpack(own, recv, divisors, own_arrays)
+        return PendingReduceScatter(request, finish)
+
+    def all_gather_v(self, arrays_per_rank, comm_dtype='float32'):
+        """Delivers every rank's arrays to all ranks (``MPI_Allgatherv``).
+
+        Args:
+            arrays_per_rank: ``arrays_per_rank[r]``: arrays owned by rank
+                ``r``. This rank's own list holds the values to send; the
+                others only give the shapes to expect.
+            comm_dtype: ``'float32'`` or ``'float16'``; fp16 arrays are
+                scaled by a power of two chosen by their owner so that
+                ``max |x|`` is near ``2**14`` (relative rounding ~``2**-11``);
+                the exponents travel in the segment's head, exact in fp16.
+
+        Returns:
+            list: ``[[arrays of rank 0], [arrays of rank 1], ...]`` (new
+            arrays; this rank's own after the same rounding trip).
+        """
+        dtype = comm_dtype_of(comm_dtype)
+        plans = [self._plan([(a.shape, False) for a in seg])
+                 for seg in arrays_per_rank]
+        head = [len(p) if dtype == numpy.float16 else 0 for p in plans]
+        counts = [h + p.size for h, p in zip(head, plans)]
+        total = sum(counts)
+        if total == 0:
+            return [[] for _ in plans]
+        r, size = self.rank, self.size
+        own = arrays_per_rank[r]
+        send = self._buffer('ag_send', counts[r], dtype)
+        scales = None
+        if dtype == numpy.float16:
+            ks = fp16_exponents(max_abs(own))
+            send[:head[r]] = ks
+            scales = 2.0 ** ks
+        self._pack(plans[r], own, send[head[r]:], scales)
+        recv = self._buffer('ag_recv', total, dtype)
+        displs = [0]
+        for c in counts[:-1]:
+            displs.append(displs[-1] + c)
+        mpi_type = _mpi_args(send)[1]
+        self.mpi_comm.Allgatherv([send, mpi_type],
+                                 [recv, counts, displs, mpi_type])
+        self.bytes_sent += (total - counts[(r + 1) % size]) * send.itemsize
+        self.bytes_received += (total - counts[r]) * send.itemsize
+        out = []
+        for q, plan in enumerate(plans):
+            seg = recv[displs[q]:displs[q] + counts[q]]
+            divisors = None
+            if head[q]:
+                divisors = 2.0 ** seg[:head[q]].astype(numpy.float64)
+            out.append(self._unpack(plan, seg[head[q]:], divisors,
+                                    arrays_per_rank[q]))
+        return out
+
+    # --- helpers ----------------------------------------------------------
+    def _fp16_op(self):
+        global _FP16_SUM
+        if _FP16_SUM is None:
+            _FP16_SUM = MPI.Op.Create(_fp16_sum, commute=True)
+        return _FP16_SUM
+
+    @staticmethod
+    def _pack(plan, arrays, host_buffer, scales):
+        """Packs on the arrays' device, then stages to the host buffer."""
+        if not arrays:
+            return
+        xp = backend.get_array_module(arrays[0])
+        if xp is numpy:
+            plan.pack(arrays, host_buffer, scales)
+        else:  # pragma: no cover - needs a GPU
+            device_buffer = xp.empty(host_buffer.shape, host_buffer.dtype)
+            plan.pack(arrays, device_buffer, scales)
+            device_buffer.get(out=host_buffer)
+
+    @staticmethod
+    def _unpack(plan, host_buffer, divisors, like):
+        """Unpacks to the device and dtypes of the arrays in ``like``."""
+        if not like:
+            return []
+        xp = backend.get_array_module(like[0])
+        buffer = host_buffer if xp is numpy else xp.asarray(host_buffer)
+        arrays = plan.unpack(buffer, numpy.float64 if any(
+            a.dtype == numpy.float64 for a in like) else numpy.float32,
+            divisors)
+        return [a.astype(ref.dtype, copy=False) for a, ref in zip(arrays, like)]

@@ -1,0 +1,262 @@
+"""Distributed K-FAC: the four-stage pipeline of Osawa et al. (CVPR 2019)."""
+import chainer
+import chainer.links as L
+import numpy
+from mpi4py import MPI
+
+from chainerkfac import assignment as assignment_module
+from chainerkfac.communicators.mpi_communicator import comm_dtype_of
+from chainerkfac.optimizers.kfac import KFAC
+
+
+def named_persistents(model):
+    """``(path, value)`` of every persistent value of ``model``, sorted."""
+    out = []
+    for path, link in model.namedlinks():
+        for name in link._persistent:
+            out.append((path.rstrip('/') + '/' + name, getattr(link, name)))
+    return sorted(out, key=lambda item: item[0])
+
+
+def _is_symmetric(array):
+    return array.ndim == 2 and array.shape[0] == array.shape[1]
+
+
+class DistributedKFAC(KFAC):
+    """Data-parallel K-FAC whose curvature work is split across processes.
+
+    One step on ``p`` processes, each on its own slice of the global batch:
+
+    1. forward/backward and local statistics (every rank, every block);
+    2. ReduceScatterV: gradients and factors (symmetric ones as upper
+       triangles) summed over ranks; rank r receives the means of the
+       blocks it owns. Parameters without a block, and the running
+       statistics of BatchNormalization links, are all-reduced (so every
+       rank keeps identical BN statistics; this all-reduce is fp32);
+    3. the owner of each block: EMA, damping, Cholesky inverses,
+       preconditioning and the momentum update of its parameters;
+    4. AllGatherV of the parameter steps ``theta_new - theta_old``; every
+       rank (the owner too) adds the gathered steps, so all ranks hold
+       identical parameters whatever the communication precision.
+
+    At the first ``update``, before its forward pass, the ranks check that
+    their models agree (names, shapes, dtypes: the first mismatch is an
+    error), rank 0's parameters and BN statistics are broadcast, and the
+    step is then taken (nothing is skipped). On one process this is exactly
+    :class:`KFAC` (no copies, no packing).
+
+    Optimizer hooks (e.g. ``WeightDecay``) run after stage 2 on the
+    gradients a rank owns; hooks that need every gradient at once (global
+    norm clipping) are not supported. Momentum and curvature state live on
+    the owner only: snapshot every rank (e.g. per-rank file names) to
+    resume.
+
+    Args:
+        communicator: from :func:`chainerkfac.create_communicator`.
+        comm_dtype (str): ``'float32'`` or ``'float16'`` (the paper's half
+            precision) for stages 2 and 4; fp16 values are scaled by powers
+            of two against overflow and underflow (see
+            :meth:`~chainerkfac.communicators.MpiCommunicator.reduce_scatter_v`);
+            about 3 significant digits survive in gradients, factors and
+            parameter steps.
+        assignment (str): ``'balanced'`` (greedy by estimated inversion and
+            preconditioning cost) or ``'count'`` (the original code's
+            contiguous chunks). More ranks than blocks leave ranks idle.
+        communicate_after_forward (bool): start the reduction of the A
+            factors with a non-blocking collective right after the forward
+            pass, overlapping the backward pass.
+        **kwargs: the hyper-parameters of :class:`KFAC`.
+    """
+
+    def __init__(self, communicator, comm_dtype='float32',
+                 assignment='balanced', communicate_after_forward=False,
+                 **kwargs):
+        super(DistributedKFAC, self).__init__(**kwargs)
+        if assignment not in assignment_module.ASSIGNMENTS:
+            raise ValueError('chainerkfac.DistributedKFAC: assignment must be '
+                             'one of {}, got {!r}'.format(
+                                 assignment_module.ASSIGNMENTS, assignment))
+        self.communicator = communicator
+        self.comm_dtype = comm_dtype_of(comm_dtype)
+        self.assignment = assignment
+        self.communicate_after_forward = communicate_after_forward
+        self.owners = None
+        self._pending_a = None
+        self._old_params = None
+
+    @property
+    def _distributed(self):
+        return self.communicator.size > 1
+
+    def setup(self, link):
+        super(DistributedKFAC, self).setup(link)
+        self.owners = None
+        self._bn_links = [lk for _, lk in sorted(link.namedlinks())
+                          if isinstance(lk, L.BatchNormalization)]
+        return self
+
+    # --- first update: agreement, broadcast, assignment -----------------
+    def _model_signature(self):
+        sig = [('param', name, tuple(p.shape) if p.array is not None
+                else None, str(p.dtype) if p.array is not None else None)
+               for name, p in sorted(self.target.namedparams())]
+        sig += [('persistent', name, tuple(numpy.shape(v)),
+                 str(getattr(v, 'dtype', type(v).__name__)))
+                for name, v in named_persistents(self.target)]
+        return sig
+
+    def _check_models_agree(self):
+        mine = self._model_signature()
+        signatures = self.communicator.mpi_comm.allgather(mine)
+        reference = signatures[0]
+        for rank, sig in enumerate(signatures[1:], 1):
+            if sig == reference:
+                continue
+            for a, b in zip(reference, sig):
+                if a != b:
+                    raise ValueError(
+                        'chainerkfac: models differ across ranks: rank 0 has '
+                        '{} {} {} {} where rank {} has {} {} {} {}'.format(
+                            *(a + (rank,) + b)))
+            raise ValueError(
+                'chainerkfac: models differ across ranks: rank 0 has {} '
+                'arrays, rank {} has {}'.format(len(reference), rank,
+                                                len(sig)))
+
+    def _broadcast_model(self):
+        """Rank 0's parameters and BN running statistics to every rank."""
+        comm = self.communicator.mpi_comm
+        arrays = [p.array for _, p in sorted(self.target.namedparams())]
+        for link in self._bn_links:
+            arrays += [a for a in (link.avg_mean, link.avg_var)
+                       if a is not None]
+        for array in arrays:
+            if array is None:
+                raise ValueError(
+                    'chainerkfac: DistributedKFAC needs initialised '
+                    'parameters at the first update; run one forward pass '
+                    'or give the links their input sizes')
+            host = numpy.ascontiguousarray(chainer.backend.CpuDevice().send(
+                array))
+            comm.Bcast([host, MPI.BYTE], root=0)
+            if host is not array:
+                array[...] = chainer.backend.get_array_module(
+                    array).asarray(host)
+
+    def _synchronize(self):
+        self._check_models_agree()
+        self._broadcast_model()
+        costs = [assignment_module.block_cost(b) for b in self.fisher_blocks]
+        self.owners = assignment_module.assign_blocks(
+            costs, self.communicator.size, self.assignment)
+        rank = self.communicator.rank
+        self.owned_blocks = [b for b, r in zip(self.fisher_blocks, self.owners)
+                             if r == rank]
+
+    def blocks_of(self, rank):
+        """The blocks owned by ``rank``, in block order."""
+        return [b for b, r in zip(self.fisher_blocks, self.owners) if r == rank]
+
+    # --- the step ---------------------------------------------------------
+    def update(self, lossfun=None, *args, **kwds):
+        if self._distributed and self.owners is None and lossfun is not None:
+            if self._loss_scaling_is_dynamic:
+                raise ValueError(
+                    'chainerkfac: DistributedKFAC does not support dynamic '
+                    'loss scaling; pass a static loss_scale')
+            self._synchronize()
+        super(DistributedKFAC, self).update(lossfun, *args, **kwds)
+
+    def after_forward(self):
+        if self._distributed and self.communicate_after_forward:
+            per_rank = []
+            for rank in range(self.communicator.size):
+                items = []
+                for block in self.blocks_of(rank):
+                    stat = block.take_statistics(['A']).get('A')
+                    if stat is not None:
+                        block.pending_a = True
+                        items.append((stat, True))
+                per_rank.append(items)
+            self._pending_a = self.communicator.start_reduce_scatter_v(
+                per_rank, self.comm_dtype, purpose='rs_forward')
+
+    def _stage2_items(self, rank, local):
+        """(array, symmetric) pairs of ``rank``'s blocks: each block's
+        gradients, then its statistics."""
+        items = []
+        for block in self.blocks_of(rank):
+            items += [(p.grad, False) for p in block.params]
+            for name in block.statistic_names:
+                stat = local[block].get(name)
+                if stat is not None:
+                    items.append((stat, _is_symmetric(stat)))
+        return items
+
+    def exchange_statistics_and_gradients(self):
+        if not self._distributed:
+            return super(
+                DistributedKFAC, self).exchange_statistics_and_gradients()
+        comm, rank = self.communicator, self.communicator.rank
+        local = {b: b.take_statistics() for b in self.fisher_blocks}
+        received = comm.reduce_scatter_v(
+            [self._stage2_items(r, local) for r in range(comm.size)],
+            self.comm_dtype)
+        forward_a = self._pending_a.wait() if self._pending_a else []
+        self._pending_a = None
+        received, forward_a = iter(received), iter(forward_a)
+        statistics = []
+        for block in self.owned_blocks:
+            for param in block.params:
+                param.grad[...] = next(received)
+            stats = {}
+            for name in block.statistic_names:
+                if local[block].get(name) is not None:
+                    stats[name] = next(received)
+            if getattr(block, 'pending_a', False):
+                stats['A'] = next(forward_a)
+            statistics.append((block, stats))
+        for block in self.fisher_blocks:
+            block.pending_a = False
+        self._allreduce_plain_and_bn()
+        return statistics
+
+    def _allreduce_plain_and_bn(self):
+        arrays = [p.grad for p in self.plain_params if p.grad is not None]
+        for link in self._bn_links:
+            arrays += [a for a in (link.avg_mean, link.avg_var)
+                       if a is not None]
+        # fp32 whatever comm_dtype: a small buffer, and BN variances need it
+        means = self.communicator.allreduce_mean(arrays, 'float32')
+        for array, mean in zip(arrays, means):
+            array[...] = mean
+
+    def update_parameters(self):
+        if self._distributed:
+            self._old_params = [[p.array.copy() for p in b.params]
+                                for b in self.owned_blocks]
+        super(DistributedKFAC, self).update_parameters()
+
+    def exchange_parameters(self):
+        if not self._distributed:
+            return
+        comm, rank = self.communicator, self.communicator.rank
+        own_steps = []
+        for block, olds in zip(self.owned_blocks, self._old_params):
+            for param, old in zip(block.params, olds):
+                dtype = numpy.promote_types(param.dtype, numpy.float32)
+                own_steps.append(param.array.astype(dtype) - old.astype(dtype))
+        per_rank = [own_steps if r == rank else
+                    [p.array for b in self.blocks_of(r) for p in b.params]
+                    for r in range(comm.size)]
+        gathered = comm.all_gather_v(per_rank, self.comm_dtype)
+        for r in range(comm.size):
+            params = [p for b in self.blocks_of(r) for p in b.params]
+            if r == rank:
+                olds = [o for olds in self._old_params for o in olds]
+            else:
+                olds = [p.array for p in params]
+            for param, old, step in zip(params, olds, gathered[r]):
+                new = old.astype(step.dtype, copy=False) + step
+                param.array[...] = new.astype(param.dtype, copy=False)
+        self._old_params = None

@@ -1,0 +1,85 @@
+"""The communicator's collectives against brute-force NumPy, under mpiexec."""
+import chainer.links as L
+import chainermn
+import numpy
+
+import chainerkfac
+
+
+def rank_arrays(seed, shapes):
+    """Every rank can rebuild every rank's inputs from the seed."""
+    rng = numpy.random.RandomState(seed)
+    out = []
+    for shape, sym in shapes:
+        a = rng.randn(*shape).astype(numpy.float32)
+        out.append(((a + a.T) / 2 if sym else a, sym))
+    return out
+
+
+def main():
+    comm = chainerkfac.create_communicator('mpi')
+    rank, size = comm.rank, comm.size
+    assert isinstance(comm, chainermn.communicators.mpi_communicator_base
+                      .MpiCommunicatorBase)
+    # segment r: r+1 arrays of mixed shapes; the last rank owns nothing
+    shapes = [[((d, d), True) if i % 2 == 0 else ((d, 2), False)
+               for i, d in enumerate(range(3, 3 + r + 1))]
+              if r < size - 1 else [] for r in range(size)]
+    inputs = {q: [rank_arrays(1000 * q + r, shapes[r]) for r in range(size)]
+              for q in range(size)}       # inputs[sender][segment]
+    for dtype, tol in (('float32', 1e-6), ('float16', 3e-3)):
+        for blocking in (True, False):
+            comm.reset_traffic()
+            if blocking:
+                got = comm.reduce_scatter_v(inputs[rank], dtype)
+            else:
+                got = comm.start_reduce_scatter_v(inputs[rank], dtype).wait()
+            expected = [sum(inputs[q][rank][i][0] for q in range(size)) / size
+                        for i in range(len(shapes[rank]))]
+            assert len(got) == len(expected)
+            for g, e in zip(got, expected):
+                numpy.testing.assert_allclose(g, e, rtol=tol,
+                                              atol=tol * abs(e).max())
+            if dtype == 'float32':
+                counts = [sum(d * (d + 1) // 2 if sym else d * 2
+                              for (d, _), sym in seg) for seg in shapes]
+                assert comm.bytes_sent == 4 * (sum(counts) - counts[rank])
+
+    # all_gather_v: every rank receives every rank's arrays
+    own = [a for a, _ in rank_arrays(7 + rank, [((4, 3), False), ((5,), False)])]
+    per_rank = [own if r == rank else
+                [numpy.empty((4, 3), 'f'), numpy.empty((5,), 'f')]
+                for r in range(size)]
+    for dtype, tol in (('float32', 0), ('float16', 1e-3)):
+        got = comm.all_gather_v(per_rank, dtype)
+        for r in range(size):
+            want = [a for a, _ in rank_arrays(7 + r, [((4, 3), False),
+                                                     ((5,), False)])]
+            for g, e in zip(got[r], want):
+                numpy.testing.assert_allclose(g, e, rtol=tol,
+                                              atol=tol * abs(e).max())
+
+    # allreduce_mean and ChainerMN's multi_node_mean_grad / bcast_data
+    x = numpy.full((3,), rank, numpy.float32)
+    numpy.testing.assert_allclose(comm.allreduce_mean([x])[0],
+                                  numpy.full(3, (size - 1) / 2))
+    link = L.Linear(3, 2)
+    link.W.grad = numpy.full((2, 3), rank, numpy.float32)
+    link.b.grad = numpy.full((2,), 2 * rank, numpy.float32)
+    comm.multi_node_mean_grad(link)
+    numpy.testing.assert_allclose(link.W.grad, (size - 1) / 2)
+    numpy.testing.assert_allclose(link.b.grad, size - 1)
+    link.W.array[...] = rank
+    comm.bcast_data(link)
+    numpy.testing.assert_array_equal(link.W.array, 0)
+    data = chainermn.scatter_dataset(list(range(10)), comm)
+    assert len(data) in (10 // size, 10 // size + 1)
+    # buffers are reused across steps
+    buffers = dict(comm._buffers)
+    comm.reduce_scatter_v(inputs[rank], 'float32')
+    assert all(comm._buffers[k] is v for k, v in buffers.items())
+    print('OK rank {}'.format(rank))
+
+
+if __name__ == '__main__':
+    main()

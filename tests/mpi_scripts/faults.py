@@ -1,0 +1,41 @@
+"""Faults under mpiexec. Usage: faults.py raise_on_rank1 | model_mismatch."""
+import sys
+import time
+
+import chainer
+import chainer.functions as F
+import chainer.links as L
+import numpy
+
+import chainerkfac
+
+
+class Net(chainer.Chain):
+    def __init__(self, hidden):
+        super(Net, self).__init__()
+        with self.init_scope():
+            self.l1 = L.Linear(4, hidden)
+            self.l2 = L.Linear(hidden, 2)
+
+    def forward(self, x, t):
+        return F.softmax_cross_entropy(self.l2(F.relu(self.l1(x))), t)
+
+
+def main():
+    mode = sys.argv[1]
+    comm = chainerkfac.create_communicator('mpi')
+    hidden = 5 if (mode == 'model_mismatch' and comm.rank == 1) else 3
+    model = Net(hidden)
+    opt = chainerkfac.DistributedKFAC(comm, lr=0.1)
+    opt.setup(model)
+    x = numpy.ones((4, 4), numpy.float32)
+    t = numpy.zeros(4, numpy.int32)
+    for step in range(1000):
+        if mode == 'raise_on_rank1' and comm.rank == 1 and step == 2:
+            raise RuntimeError('injected failure on rank 1')
+        opt.update(model, x, t)
+    time.sleep(60)  # never reached when the fault is handled
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,90 @@
+"""DistributedKFAC under mpiexec (2 and 3 CPU processes) against KFAC."""
+import re
+import time
+
+import pytest
+
+from mpi_helpers import run_mpi
+
+
+def assert_all_ok(result, n):
+    # ranks share one stdout, so their lines may interleave
+    ranks = set(re.findall(r'OK rank (\d+)', result.stdout))
+    assert result.returncode == 0, result.stdout
+    assert ranks == set(str(r) for r in range(n)), result.stdout
+
+
+@pytest.mark.parametrize('scenario', [
+    'global_batch',      # (a) slices of a global batch == KFAC on it, no BN
+    'batch_norm',        # (b) same local batch everywhere == KFAC on it
+    'fp16',              # (c) half-precision communication
+    'overlap',           # (d) A reduced during the backward pass
+    'count_assignment',  # the original code's assignment
+    'accumulate',        # acc_iters=2 on each rank
+    'two_blocks',
+])
+def test_two_ranks(scenario):
+    assert_all_ok(run_mpi(2, 'equivalence.py', scenario), 2)
+
+
+@pytest.mark.parametrize('scenario', [
+    'global_batch', 'batch_norm', 'fp16', 'overlap',
+    'two_blocks',        # (e) 3 ranks, 2 Fisher blocks: one rank owns none
+])
+def test_three_ranks(scenario):
+    assert_all_ok(run_mpi(3, 'equivalence.py', scenario), 3)
+
+
+def test_exception_on_one_rank_ends_the_job():
+    start = time.time()
+    result = run_mpi(2, 'faults.py', 'raise_on_rank1', timeout=60)
+    assert result.returncode != 0
+    assert time.time() - start < 30
+    assert 'injected failure on rank 1' in result.stdout
+
+
+def test_models_that_differ_are_detected():
+    result = run_mpi(2, 'faults.py', 'model_mismatch', timeout=60)
+    assert result.returncode != 0
+    assert 'models differ across ranks' in result.stdout
+    assert '/l1/W' in result.stdout
+
+
+@pytest.mark.parametrize('n', [2, 3])
+def test_collectives_against_numpy(n):
+    assert_all_ok(run_mpi(n, 'collectives.py'), n)
+
+
+def test_single_process_distributed_equals_kfac(rng):
+    import chainerkfac
+    import nets
+    comm = chainerkfac.create_communicator('mpi')
+    assert comm.size == 1
+    a, b = nets.make(nets.ConvNet, use_bn=True), nets.make(nets.ConvNet, use_bn=True)
+    opt_a = chainerkfac.KFAC(lr=0.3, damping=1e-2)
+    opt_a.setup(a)
+    opt_b = chainerkfac.DistributedKFAC(comm, lr=0.3, damping=1e-2)
+    opt_b.setup(b)
+    for _ in range(3):
+        x, t = nets.conv_batch(rng)
+        opt_a.update(a, x, t)
+        opt_b.update(b, x, t)
+    nets.assert_params_equal(nets.params_of(a), nets.params_of(b))
+    assert comm.bytes_sent == 0
+
+
+def test_create_communicator_errors():
+    import chainerkfac
+    with pytest.raises(ValueError, match='unknown communicator'):
+        chainerkfac.create_communicator('gloo')
+    with pytest.raises(NotImplementedError, match='needs CuPy with NCCL'):
+        chainerkfac.create_communicator('pure_nccl')
+
+
+def test_distributed_kfac_argument_errors():
+    import chainerkfac
+    comm = chainerkfac.create_communicator('mpi')
+    with pytest.raises(ValueError, match='comm_dtype'):
+        chainerkfac.DistributedKFAC(comm, comm_dtype='bfloat16')
+    with pytest.raises(ValueError, match='assignment'):
+        chainerkfac.DistributedKFAC(comm, assignment='random')
