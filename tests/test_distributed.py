@@ -88,3 +88,23 @@ def test_distributed_kfac_argument_errors():
         chainerkfac.DistributedKFAC(comm, comm_dtype='bfloat16')
     with pytest.raises(ValueError, match='assignment'):
         chainerkfac.DistributedKFAC(comm, assignment='random')
+
+
+@pytest.mark.parametrize('n,comm_dtype', [(2, 'float32'), (3, 'float16')])
+def test_traffic_counters_equal_the_plan(n, comm_dtype):
+    assert_all_ok(run_mpi(n, 'traffic.py', comm_dtype), n)
+
+
+@pytest.mark.parametrize('comm_dtype,ratio', [('float32', 0.5),
+                                              ('float16', 0.25)])
+def test_pipeline_moves_half_or_a_quarter_of_the_original(comm_dtype, ratio):
+    import numpy
+    from chainerkfac.optimizers.traffic import planned_step_traffic
+    from models import resnet
+    numpy.random.seed(0)
+    model = resnet.ResNetCIFAR(20, in_channels=1)
+    for size in (2, 5, 16):
+        plan = planned_step_traffic(model, size, comm_dtype)
+        pipeline = numpy.mean(plan['pipeline']) / numpy.mean(plan['original'])
+        assert pipeline == pytest.approx(ratio, rel=1e-3)
+        assert sum(plan['stage4_counts']) == sum(p.size for p in model.params())

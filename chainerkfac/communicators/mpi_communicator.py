@@ -38,6 +38,26 @@ def _mpi_args(buffer):
     return [buffer, MPI.FLOAT]
 
 
+def ring_reduce_scatter(counts, rank):
+    """Values rank ``rank`` (sends, receives) in a ring reduce-scatter whose
+    segment ``r`` holds ``counts[r]`` values: every segment but its own
+    leaves it once, every segment but its predecessor's arrives once."""
+    total, p = sum(counts), len(counts)
+    return total - counts[rank], total - counts[(rank - 1) % p]
+
+
+def ring_all_gather(counts, rank):
+    """Values rank ``rank`` (sends, receives) in a ring all-gather."""
+    total, p = sum(counts), len(counts)
+    return total - counts[(rank + 1) % p], total - counts[rank]
+
+
+def ring_allreduce(n, size):
+    """Values each rank sends (= receives) in a ring all-reduce of ``n``:
+    a reduce-scatter then an all-gather of ``n / size`` chunks."""
+    return 2 * (size - 1) * n // size
+
+
 class PendingReduceScatter(object):
     """Handle of a non-blocking :meth:`MpiCommunicator.start_reduce_scatter_v`."""
 
@@ -108,10 +128,13 @@ class MpiCommunicator(mpi_communicator_base.MpiCommunicatorBase):
         return fp16_exponents(total, n_terms=self.size)
 
     def _count_allreduce(self, n, itemsize):
-        p = self.size
-        moved = 2 * (p - 1) * n * itemsize // p
+        moved = ring_allreduce(n, self.size) * itemsize
         self.bytes_sent += moved
         self.bytes_received += moved
+
+    def _count(self, sent_received, itemsize):
+        self.bytes_sent += sent_received[0] * itemsize
+        self.bytes_received += sent_received[1] * itemsize
 
     # --- collectives ------------------------------------------------------
     def multi_node_mean_grad(self, model, zero_fill=False):
@@ -199,8 +222,7 @@ class MpiCommunicator(mpi_communicator_base.MpiCommunicatorBase):
         else:
             request = self.mpi_comm.Ireduce_scatter(*args)
         p, r = self.size, self.rank
-        self.bytes_sent += (total - counts[r]) * send.itemsize
-        self.bytes_received += (total - counts[(r - 1) % p]) * send.itemsize
+        self._count(ring_reduce_scatter(counts, r), send.itemsize)
         first = sum(len(plans[q]) for q in range(r))
         own_arrays = [a for a, _ in arrays_per_rank[r]]
         own_scales = (None if scales is None
@@ -252,8 +274,7 @@ class MpiCommunicator(mpi_communicator_base.MpiCommunicatorBase):
         mpi_type = _mpi_args(send)[1]
         self.mpi_comm.Allgatherv([send, mpi_type],
                                  [recv, counts, displs, mpi_type])
-        self.bytes_sent += (total - counts[(r + 1) % size]) * send.itemsize
-        self.bytes_received += (total - counts[r]) * send.itemsize
+        self._count(ring_all_gather(counts, r), send.itemsize)
         out = []
         for q, plan in enumerate(plans):
             seg = recv[displs[q]:displs[q] + counts[q]]

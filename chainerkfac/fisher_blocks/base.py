@@ -55,6 +55,10 @@ class FisherBlock(object):
         """The array the hook uses to recognise this link's function calls."""
         return getattr(self.link, self.param_names[0]).array
 
+    def statistic_shapes(self):
+        """{statistic name: shape}, from the link's parameter shapes."""
+        raise NotImplementedError
+
     # --- capture (called by the hook) --------------------------------------
     def start_capture(self):
         self._forward_seen = False

@@ -54,6 +54,15 @@ class BatchNormalizationBlock(FisherBlock):
         self.mode = mode
         self._x = None
 
+    def statistic_shapes(self):
+        c = self.link.gamma.shape[0]
+        return {'F': {'full': (2 * c, 2 * c), 'unit': (c, 2, 2),
+                      'diag': (2 * c,)}[self.mode]}
+
+    def start_capture(self):
+        super(BatchNormalizationBlock, self).start_capture()
+        self._x = None
+
     def forward(self, function, in_data):
         self._x = in_data[0]
 

@@ -58,6 +58,14 @@ class KroneckerFactoredBlock(FisherBlock):
     def param_names(self):
         return ('W', 'b') if self.has_bias else ('W',)
 
+    def statistic_shapes(self):
+        w = self.link.W
+        d_in = 1
+        for n in w.shape[1:]:
+            d_in *= n
+        d_in += 1 if self.has_bias else 0
+        return {'A': (d_in, d_in), 'G': (w.shape[0], w.shape[0])}
+
     def compute_inverses(self, damping, stab_coeff, pi_type):
         a, g = self.ema['A'], self.ema['G']
         pi = linalg.pi_tracenorm(a, g) if pi_type == 'tracenorm' else 1.0
