@@ -29,7 +29,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--optimizer', choices=('kfac', 'sgd'), default='kfac')
     p.add_argument('--arch', choices=('demo', 'small'), default='demo')
-    p.add_argument('--epoch', type=int, default=2)
+    p.add_argument('--epoch', type=int, default=1)
     p.add_argument('--batchsize', type=int, default=256)
     p.add_argument('--lr', type=float, default=None,
                    help='default: 0.02 for kfac, 0.1 for sgd')

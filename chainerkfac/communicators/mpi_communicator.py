@@ -258,7 +258,7 @@ class MpiCommunicator(mpi_communicator_base.MpiCommunicatorBase):
         total = sum(counts)
         if total == 0:
             return [[] for _ in plans]
-        r, size = self.rank, self.size
+        r = self.rank
         own = arrays_per_rank[r]
         send = self._buffer('ag_send', counts[r], dtype)
         scales = None

@@ -197,7 +197,7 @@ class DistributedKFAC(KFAC):
         if not self._distributed:
             return super(
                 DistributedKFAC, self).exchange_statistics_and_gradients()
-        comm, rank = self.communicator, self.communicator.rank
+        comm = self.communicator
         local = {b: b.take_statistics() for b in self.fisher_blocks}
         received = comm.reduce_scatter_v(
             [self._stage2_items(r, local) for r in range(comm.size)],
