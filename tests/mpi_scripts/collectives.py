@@ -74,6 +74,24 @@ def main():
     numpy.testing.assert_array_equal(link.W.array, 0)
     data = chainermn.scatter_dataset(list(range(10)), comm)
     assert len(data) in (10 // size, 10 // size + 1)
+    # ChainerMN's multi-node evaluator averages the ranks' results
+    import chainer
+    from chainer.training import extensions
+    model = chainer.links.Classifier(chainer.links.Linear(2, 2))
+    model.predictor.W.array[...] = numpy.eye(2)
+    model.predictor.b.array[...] = 0
+    comm.bcast_data(model)
+    xs = numpy.array([[1, 0], [0, 1], [0, 1], [1, 0]], numpy.float32)
+    ts = numpy.array([0, 1, 0, 1], numpy.int32)   # half right
+    shard = chainermn.scatter_dataset(
+        chainer.datasets.TupleDataset(xs, ts), comm)
+    evaluator = chainermn.create_multi_node_evaluator(extensions.Evaluator(
+        chainer.iterators.SerialIterator(shard, 4, repeat=False), model), comm)
+    reporter = chainer.Reporter()
+    reporter.add_observer('main', model)
+    with reporter:
+        result = evaluator.evaluate()
+    assert result['main/accuracy'] == 0.5, result  # mean over all ranks
     # buffers are reused across steps
     buffers = dict(comm._buffers)
     comm.reduce_scatter_v(inputs[rank], 'float32')
