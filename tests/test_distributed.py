@@ -108,3 +108,8 @@ def test_pipeline_moves_half_or_a_quarter_of_the_original(comm_dtype, ratio):
         pipeline = numpy.mean(plan['pipeline']) / numpy.mean(plan['original'])
         assert pipeline == pytest.approx(ratio, rel=1e-3)
         assert sum(plan['stage4_counts']) == sum(p.size for p in model.params())
+
+
+@pytest.mark.parametrize('n', [2, 3])
+def test_stale_schedules_agree_across_ranks(n):
+    assert_all_ok(run_mpi(n, 'stale_schedule.py'), n)

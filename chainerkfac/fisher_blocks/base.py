@@ -40,6 +40,8 @@ class FisherBlock(object):
         self._counts = dict.fromkeys(self.statistic_names, 0)
         self._forward_seen = False
         self._warned = set()
+        #: statistics to capture in the current update (the schedule's)
+        self.due = set(self.statistic_names)
 
     # --- parameters --------------------------------------------------------
     @property
@@ -119,8 +121,9 @@ class FisherBlock(object):
             else:
                 self.ema[name] = decay * new + (1 - decay) * old
 
-    def compute_inverses(self, damping, stab_coeff, pi_type):
-        """Recomputes :attr:`inverse` from :attr:`ema`; never modifies the EMA."""
+    def compute_inverses(self, damping, stab_coeff, pi_type, names=None):
+        """Recomputes the inverses of ``names`` (default: all) from
+        :attr:`ema`; never modifies the EMA."""
         raise NotImplementedError
 
     def precondition(self, grads):

@@ -64,7 +64,8 @@ class BatchNormalizationBlock(FisherBlock):
         self._x = None
 
     def forward(self, function, in_data):
-        self._x = in_data[0]
+        if 'F' in self.due:
+            self._x = in_data[0]
 
     def backward(self, function, in_data, gy, grad_scale):
         x, self._x = self._x, None
@@ -88,7 +89,7 @@ class BatchNormalizationBlock(FisherBlock):
         stat /= n
         self.accumulate('F', stat)
 
-    def compute_inverses(self, damping, stab_coeff, pi_type):
+    def compute_inverses(self, damping, stab_coeff, pi_type, names=None):
         fisher = self.ema['F']
         value = stab_coeff * damping
         if self.mode == 'full':

@@ -34,6 +34,8 @@ class Convolution2DBlock(kronecker.KroneckerFactoredBlock):
     """
 
     def forward(self, function, in_data):
+        if 'A' not in self.due:
+            return
         x, w = in_data[0], in_data[1]
         x = x.astype(compute_dtype(x), copy=False)
         patches = patches_matrix(x, w.shape[2], w.shape[3], function)
@@ -41,6 +43,8 @@ class Convolution2DBlock(kronecker.KroneckerFactoredBlock):
             patches, x.shape[0], self.has_bias))
 
     def backward(self, function, in_data, gy, grad_scale):
+        if 'G' not in self.due:
+            return
         gy = gy.astype(compute_dtype(gy), copy=False)
         n, c_out, ho, wo = gy.shape
         grads = gy.transpose(1, 0, 2, 3).reshape(c_out, -1)

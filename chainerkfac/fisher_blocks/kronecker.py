@@ -66,11 +66,13 @@ class KroneckerFactoredBlock(FisherBlock):
         d_in += 1 if self.has_bias else 0
         return {'A': (d_in, d_in), 'G': (w.shape[0], w.shape[0])}
 
-    def compute_inverses(self, damping, stab_coeff, pi_type):
+    def compute_inverses(self, damping, stab_coeff, pi_type, names=None):
         a, g = self.ema['A'], self.ema['G']
         pi = linalg.pi_tracenorm(a, g) if pi_type == 'tracenorm' else 1.0
         root = math.sqrt(damping)
         for name, factor, value in (('A', a, pi * root), ('G', g, root / pi)):
+            if names is not None and name not in names:
+                continue
             try:
                 inverse, added = linalg.damped_inverse(factor, value)
             except linalg.NotPositiveDefiniteError as e:

@@ -13,12 +13,16 @@ class LinearBlock(kronecker.KroneckerFactoredBlock):
     """
 
     def forward(self, function, in_data):
+        if 'A' not in self.due:
+            return
         x = in_data[0]
         x = x.astype(compute_dtype(x), copy=False)
         self.accumulate('A', kronecker.input_second_moment(
             x.T, x.shape[0], self.has_bias))
 
     def backward(self, function, in_data, gy, grad_scale):
+        if 'G' not in self.due:
+            return
         gy = gy.astype(compute_dtype(gy), copy=False)
         n = gy.shape[0]
         # (1/N) sum (N gy)(N gy)^T, with the loss scale removed

@@ -237,21 +237,47 @@ class DistributedKFAC(KFAC):
                                 for b in self.owned_blocks]
         super(DistributedKFAC, self).update_parameters()
 
-    def exchange_parameters(self):
+    def _due_keys(self, rank):
+        """Schedule keys refreshed this step among ``rank``'s blocks."""
+        return [self._keys(b)[n] for b in self.blocks_of(rank)
+                for n in b.statistic_names if n in b.due]
+
+    def exchange_parameters(self, intervals):
+        """Stage 4: every rank adds the parameter steps of every owner, and
+        learns the new intervals of the statistics each owner refreshed
+        (0 for a due statistic that was not captured), so the schedule of
+        the next step is identical everywhere."""
         if not self._distributed:
-            return
+            return intervals
         comm, rank = self.communicator, self.communicator.rank
-        own_steps = []
+        own = []
         for block, olds in zip(self.owned_blocks, self._old_params):
             for param, old in zip(block.params, olds):
                 dtype = numpy.promote_types(param.dtype, numpy.float32)
-                own_steps.append(param.array.astype(dtype) - old.astype(dtype))
-        per_rank = [own_steps if r == rank else
-                    [p.array for b in self.blocks_of(r) for p in b.params]
-                    for r in range(comm.size)]
+                own.append(param.array.astype(dtype) - old.astype(dtype))
+        own_keys = self._due_keys(rank)
+        if own_keys:
+            own.append(numpy.array([intervals.get(k, 0) for k in own_keys],
+                                   numpy.float32))
+        per_rank = []
+        for r in range(comm.size):
+            if r == rank:
+                per_rank.append(own)
+                continue
+            arrays = [p.array for b in self.blocks_of(r) for p in b.params]
+            if self._due_keys(r):
+                arrays.append(numpy.empty(len(self._due_keys(r)),
+                                          numpy.float32))
+            per_rank.append(arrays)
         gathered = comm.all_gather_v(per_rank, self.comm_dtype)
+        all_intervals = {}
         for r in range(comm.size):
             params = [p for b in self.blocks_of(r) for p in b.params]
+            keys = self._due_keys(r)
+            if keys:
+                received = chainer.backend.CpuDevice().send(gathered[r][-1])
+                all_intervals.update((k, int(round(float(v))))
+                                     for k, v in zip(keys, received) if v > 0)
             if r == rank:
                 olds = [o for olds in self._old_params for o in olds]
             else:
@@ -260,3 +286,4 @@ class DistributedKFAC(KFAC):
                 new = old.astype(step.dtype, copy=False) + step
                 param.array[...] = new.astype(param.dtype, copy=False)
         self._old_params = None
+        return all_intervals

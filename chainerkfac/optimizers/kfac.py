@@ -2,10 +2,12 @@
 import logging
 import warnings
 
+import chainer
 from chainer import backend
 from chainer import optimizer
 
 from chainerkfac import fisher_blocks
+from chainerkfac import stale as stale_module
 from chainerkfac.hooks import KFACStatisticsHook
 from chainerkfac.optimizers.update_rule import KFACUpdateRule
 
@@ -68,12 +70,31 @@ class KFAC(optimizer.GradientMethod):
             learning rate dropped.
         loss_scale (float): static loss scale for fp16 training; removed from
             the gradients and from G and F.
+        stale (bool): SP-NGD's stale statistics (the default): each
+            statistic gets its own refresh interval, adapted to how much it
+            changes (:class:`chainerkfac.stale.StaleSchedule`); statistics
+            that are not due are neither computed nor communicated and
+            their blocks reuse their inverses. ``False``: the fixed
+            schedule below (``factor_interval=inverse_interval=1`` is the
+            CVPR behaviour: everything every step).
+        stale_threshold, stale_max_interval, stale_warmup, stale_growth:
+            the stale rule's knobs (see :class:`~chainerkfac.stale.StaleSchedule`).
+        factor_interval (int): with ``stale=False``, refresh every statistic
+            every ``factor_interval`` steps.
+        inverse_interval (int): with ``stale=False``, recompute inverses
+            every ``inverse_interval`` steps.
+
+    Each step reports (``chainer.report``) ``kfac/refresh_fraction``, the
+    fraction of statistics refreshed, and ``kfac/mean_interval``.
     """
 
     def __init__(self, lr=0.01, momentum=0.9, damping=1e-3,
                  cov_ema_decay=0.99, stab_coeff=16.0, bn_fisher='full',
                  pi_type='tracenorm', acc_iters=1, adjust_momentum=False,
-                 loss_scale=None):
+                 loss_scale=None, stale=True, stale_threshold=0.1,
+                 stale_max_interval=20, stale_warmup=10,
+                 stale_growth='increment', factor_interval=1,
+                 inverse_interval=1):
         super(KFAC, self).__init__()
         _check(lr >= 0, 'lr must be >= 0, got {}'.format(lr))
         _check(0 <= momentum <= 1, 'momentum must be in [0, 1]')
@@ -88,6 +109,19 @@ class KFAC(optimizer.GradientMethod):
         _check(int(acc_iters) == acc_iters and acc_iters >= 1,
                'acc_iters must be a positive integer, got {}'.format(acc_iters))
         _check(loss_scale is None or loss_scale > 0, 'loss_scale must be > 0')
+        _check(not stale or (factor_interval == 1 and inverse_interval == 1),
+               'factor_interval and inverse_interval are the fixed schedule; '
+               'pass stale=False to use them')
+        try:
+            if stale:
+                self.schedule = stale_module.StaleSchedule(
+                    stale_threshold, stale_max_interval, stale_warmup,
+                    stale_growth)
+            else:
+                self.schedule = stale_module.FixedSchedule(
+                    factor_interval, inverse_interval)
+        except ValueError as e:
+            raise ValueError('chainerkfac.KFAC: {}'.format(e))
         self.hyperparam.lr = lr
         self.hyperparam.momentum = momentum
         self.hyperparam.damping = damping
@@ -133,6 +167,8 @@ class KFAC(optimizer.GradientMethod):
         self.plain_params = [p for _, p in sorted(link.namedparams())
                              if id(p) not in covered]
         self._hook = KFACStatisticsHook(blocks)
+        self.schedule.register(
+            key for b in blocks for key in self._keys(b).values())
         logger.info('chainerkfac: %s', self.fisher_block_summary())
         if plain:
             warnings.warn(
@@ -140,6 +176,11 @@ class KFAC(optimizer.GradientMethod):
                 'get momentum SGD on the plain gradient'.format(
                     ', '.join(plain)), UserWarning, stacklevel=2)
         return self
+
+    @staticmethod
+    def _keys(block):
+        """{statistic name: schedule key} of a block."""
+        return {n: block.name + '/' + n for n in block.statistic_names}
 
     def fisher_block_summary(self):
         """One line per link with parameters: its block type, or SGD."""
@@ -159,6 +200,8 @@ class KFAC(optimizer.GradientMethod):
                 'backward passes')
         self._hook.grad_scale = self._loss_scale or 1.0
         last = self._micro_step + 1 == self.acc_iters
+        if self._micro_step == 0:
+            self._set_due_statistics()
         with self._hook:
             loss = lossfun(*args, **kwds)
             if last:
@@ -177,6 +220,13 @@ class KFAC(optimizer.GradientMethod):
                     param.grad /= self.acc_iters
         self.step()
 
+    def _set_due_statistics(self):
+        """Tells every block which statistics the coming step refreshes."""
+        step = self.t + 1
+        for block in self.fisher_blocks:
+            block.due = set(n for n, key in self._keys(block).items()
+                            if self.schedule.is_due(key, step))
+
     def after_forward(self):
         """Called between the forward and backward passes of the last
         micro-batch of a step (a place to start communication early)."""
@@ -190,39 +240,83 @@ class KFAC(optimizer.GradientMethod):
         self.call_hooks('pre')
         self.t += 1
         if self.is_safe_to_update():
-            self.update_curvature(statistics)
+            intervals = self.update_curvature(statistics)
             self.update_parameters()
-            self.exchange_parameters()
+            intervals = self.exchange_parameters(intervals)
+            for key, interval in intervals.items():
+                self.schedule.set_interval(key, self.t, interval)
+            self._report_schedule()
         self.reallocate_cleared_grads()
         self.call_hooks('post')
         self.update_loss_scale()
 
     def exchange_statistics_and_gradients(self):
         """Stage 2: the statistics and gradients of the blocks this process
-        owns. Single process: this step's own, in place.
+        owns (every owned block, with the statistics refreshed this step).
+        Single process: this step's own, in place.
 
         Returns:
             list of ``(block, {statistic name: array})``.
         """
         return [(b, b.take_statistics()) for b in self.fisher_blocks]
 
-    def exchange_parameters(self):
-        """Stage 4: parameters updated elsewhere. Nothing in one process."""
-
-    def update_curvature(self, statistics):
-        """EMA of the new statistics and fresh damped inverses.
+    def exchange_parameters(self, intervals):
+        """Stage 4: parameters updated elsewhere, and the new intervals of
+        the statistics refreshed elsewhere. Nothing to do in one process.
 
         Args:
-            statistics: list of ``(block, {name: array})``; blocks with
-                nothing new keep their curvature.
+            intervals (dict): schedule key -> new interval, for the
+                statistics this process refreshed.
+
+        Returns:
+            dict: the new intervals of every refreshed statistic.
         """
-        hp = self.hyperparam
+        return intervals
+
+    def _report_schedule(self):
+        keys = [k for b in self.fisher_blocks for k in self._keys(b).values()]
+        if keys:
+            refreshed = sum(1 for b in self.fisher_blocks for _ in b.due)
+            chainer.report({'kfac/refresh_fraction': refreshed / len(keys),
+                            'kfac/mean_interval': self.schedule.summary()})
+
+    def update_curvature(self, statistics):
+        """EMA of the new statistics, new refresh intervals, and the damped
+        inverses the schedule asks for.
+
+        Args:
+            statistics: list of ``(block, {name: array})`` of the owned
+                blocks; absent names were not refreshed this step.
+
+        Returns:
+            dict: schedule key -> next interval of each refreshed statistic.
+        """
+        hp, step = self.hyperparam, self.t
+        intervals = {}
         for block, stats in statistics:
-            if not stats:
+            keys = self._keys(block)
+            for name, new in stats.items():
+                change = 0.0
+                old = block.ema[name]
+                if self.schedule.uses_change and old is not None:
+                    change = stale_module.relative_change(
+                        new, old, hp.cov_ema_decay)
+                elif self.schedule.uses_change:
+                    change = float('inf')
+                intervals[keys[name]] = self.schedule.new_interval(
+                    keys[name], step, change)
+            if stats:
+                block.update_ema(stats, hp.cov_ema_decay)
+            if any(block.ema[n] is None for n in block.statistic_names):
                 continue
-            block.update_ema(stats, hp.cov_ema_decay)
-            if all(block.ema[n] is not None for n in block.statistic_names):
-                block.compute_inverses(hp.damping, hp.stab_coeff, self.pi_type)
+            names = self.schedule.inverse_due(step, stats,
+                                              block.statistic_names)
+            names += [n for n in block.statistic_names
+                      if block.inverse[n] is None and n not in names]
+            if names:
+                block.compute_inverses(hp.damping, hp.stab_coeff,
+                                       self.pi_type, names)
+        return intervals
 
     def update_parameters(self):
         """Stage 3: preconditions and updates the parameters of the owned
@@ -266,6 +360,7 @@ class KFAC(optimizer.GradientMethod):
         every block's EMAs and inverses, so a resumed optimizer takes the
         same next step."""
         super(KFAC, self).serialize(serializer)
+        self.schedule.serialize(serializer['schedule'])
         blocks = serializer['fisher_blocks']
         for block in self.fisher_blocks:
             block.serialize(blocks[block.name.strip('/') or 'root'])

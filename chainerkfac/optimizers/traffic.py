@@ -22,6 +22,9 @@ def planned_step_traffic(model, size, comm_dtype='float32',
                          bn_fisher='full', assignment='balanced'):
     """Bytes each rank sends in one step, ours and the original scheme's.
 
+    The plan is for a step that refreshes every statistic (the CVPR
+    schedule, or the warm-up of the stale one); stale statistics send less.
+
     Returns:
         dict of lists with one entry per rank: ``'ours'`` (bytes sent in
         all), ``'pipeline'`` (bytes sent by stages 2 and 4 alone),
@@ -43,6 +46,7 @@ def planned_step_traffic(model, size, comm_dtype='float32',
     itemsize = numpy.dtype(mc.comm_dtype_of(comm_dtype)).itemsize
     fp16 = itemsize == 2
     stage2, stage4, n_arrays = [0] * size, [0] * size, [0] * size
+    n_stats = [0] * size
     for block, owner in zip(blocks, owners):
         for p in block.params:
             stage2[owner] += p.size
@@ -51,15 +55,19 @@ def planned_step_traffic(model, size, comm_dtype='float32',
             sym = len(shape) == 2 and shape[0] == shape[1]
             stage2[owner] += packed_size(shape, sym)
         n_arrays[owner] += len(block.params)
+        n_stats[owner] += len(block.statistic_names)
     stage2_arrays = sum(len(b.params) + len(b.statistic_names)
                         for b in blocks)
     covered = set(id(p) for b in blocks for p in b.params)
     extra = sum(p.size for p in model.params() if id(p) not in covered)
     extra += sum(2 * lk.avg_mean.size for lk in model.links()
                  if isinstance(lk, L.BatchNormalization))
-    stage4_sent = stage4
+    # stage 4 also carries the owners' new refresh intervals (one value per
+    # refreshed statistic, in one more array)
+    stage4_sent = [c + k for c, k in zip(stage4, n_stats)]
     if fp16:
-        stage4_sent = [c + n for c, n in zip(stage4, n_arrays)]
+        stage4_sent = [c + n + (1 if k else 0) for c, n, k in
+                       zip(stage4_sent, n_arrays, n_stats)]
     result = {'ours': [], 'pipeline': [], 'original': [],
               'stage2_counts': stage2, 'stage4_counts': stage4}
     for r in range(size):

@@ -1,0 +1,50 @@
+"""Stale schedules are identical on every rank and equal single-process KFAC."""
+import numpy
+
+import chainerkfac
+from chainerkfac.optimizers import KFAC
+from equivalence import ConvNet
+
+STEPS = 12
+KWARGS = dict(lr=0.1, damping=1e-2, cov_ema_decay=0.3, stale_warmup=2,
+              stale_threshold=0.3, bn_fisher='unit')
+
+
+def main():
+    comm = chainerkfac.create_communicator('mpi')
+    rank, size = comm.rank, comm.size
+    rng = numpy.random.RandomState(5)
+    local = 4
+    data = [(rng.randn(local * size, 2, 6, 6).astype(numpy.float32),
+             rng.randint(0, 3, local * size).astype(numpy.int32))
+            for _ in range(STEPS)]
+    numpy.random.seed(100 + rank)
+    model = ConvNet(use_bn=False)
+    opt = chainerkfac.DistributedKFAC(comm, **KWARGS)
+    opt.setup(model)
+    for x, t in data:
+        opt.update(model, x[rank * local:(rank + 1) * local],
+                   t[rank * local:(rank + 1) * local])
+    mine = (dict(opt.schedule.next_due), dict(opt.schedule.interval))
+    for other in comm.mpi_comm.allgather(mine):
+        assert other == mine, (other, mine)
+    assert max(mine[1].values()) > 1, mine        # some statistic went stale
+
+    numpy.random.seed(100)
+    ref = ConvNet(use_bn=False)
+    ref_opt = KFAC(**KWARGS)
+    ref_opt.setup(ref)
+    for x, t in data:
+        ref_opt.update(ref, x, t)
+    assert ref_opt.schedule.next_due == mine[0], (ref_opt.schedule.next_due,
+                                                  mine[0])
+    for (k, p), (_, q) in zip(sorted(ref.namedparams()),
+                              sorted(model.namedparams())):
+        numpy.testing.assert_allclose(q.array, p.array, rtol=1e-4,
+                                      atol=1e-4 * abs(p.array).max(),
+                                      err_msg=k)
+    print('OK rank {} intervals {}'.format(rank, sorted(mine[1].values())))
+
+
+if __name__ == '__main__':
+    main()
