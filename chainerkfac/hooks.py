@@ -1,5 +1,7 @@
 """The function hook that feeds the Fisher blocks during forward and backward."""
 import chainer
+
+from chainerkfac.profiling import timed
 from chainer.functions.connection import convolution_2d
 from chainer.functions.connection import linear
 from chainer.functions.normalization import batch_normalization
@@ -28,6 +30,7 @@ class KFACStatisticsHook(chainer.FunctionHook):
     def __init__(self, blocks, grad_scale=1.0):
         self.blocks = blocks
         self.grad_scale = grad_scale
+        self.timer = None
         self._by_key = None
         self._uninitialized = True
 
@@ -63,10 +66,12 @@ class KFACStatisticsHook(chainer.FunctionHook):
     def forward_postprocess(self, function, in_data):
         block = self._block_of(function, in_data)
         if block is not None:
-            block.capture_forward(function, in_data)
+            with timed(self.timer, 'statistics'):
+                block.capture_forward(function, in_data)
 
     def backward_preprocess(self, function, in_data, out_grad):
         block = self._block_of(function, in_data)
         if block is not None:
-            block.capture_backward(function, in_data, out_grad,
-                                   self.grad_scale)
+            with timed(self.timer, 'statistics'):
+                block.capture_backward(function, in_data, out_grad,
+                                       self.grad_scale)

@@ -7,6 +7,7 @@ from chainer import backend
 from chainer import optimizer
 
 from chainerkfac import fisher_blocks
+from chainerkfac.profiling import timed
 from chainerkfac import stale as stale_module
 from chainerkfac.hooks import KFACStatisticsHook
 from chainerkfac.optimizers.update_rule import KFACUpdateRule
@@ -139,6 +140,8 @@ class KFAC(optimizer.GradientMethod):
         self.plain_params = []
         self._micro_step = 0
         self._hook = None
+        #: a :class:`chainerkfac.profiling.StageTimer` to time the stages
+        self.timer = None
 
     lr = optimizer.HyperparameterProxy('lr')
     momentum = optimizer.HyperparameterProxy('momentum')
@@ -202,7 +205,8 @@ class KFAC(optimizer.GradientMethod):
         last = self._micro_step + 1 == self.acc_iters
         if self._micro_step == 0:
             self._set_due_statistics()
-        with self._hook:
+        self._hook.timer = self.timer
+        with timed(self.timer, 'forward_backward'), self._hook:
             loss = lossfun(*args, **kwds)
             if last:
                 self.after_forward()
@@ -235,14 +239,16 @@ class KFAC(optimizer.GradientMethod):
         """Takes one step from the gradients in ``param.grad`` and the
         statistics captured by the blocks."""
         self.reallocate_cleared_grads()
-        statistics = self.exchange_statistics_and_gradients()
+        with timed(self.timer, 'communication'):
+            statistics = self.exchange_statistics_and_gradients()
         self.check_nan_in_grads()
         self.call_hooks('pre')
         self.t += 1
         if self.is_safe_to_update():
             intervals = self.update_curvature(statistics)
             self.update_parameters()
-            intervals = self.exchange_parameters(intervals)
+            with timed(self.timer, 'communication'):
+                intervals = self.exchange_parameters(intervals)
             for key, interval in intervals.items():
                 self.schedule.set_interval(key, self.t, interval)
             self._report_schedule()
@@ -299,14 +305,16 @@ class KFAC(optimizer.GradientMethod):
                 change = 0.0
                 old = block.ema[name]
                 if self.schedule.uses_change and old is not None:
-                    change = stale_module.relative_change(
-                        new, old, hp.cov_ema_decay)
+                    with timed(self.timer, 'ema'):
+                        change = stale_module.relative_change(
+                            new, old, hp.cov_ema_decay)
                 elif self.schedule.uses_change:
                     change = float('inf')
                 intervals[keys[name]] = self.schedule.new_interval(
                     keys[name], step, change)
             if stats:
-                block.update_ema(stats, hp.cov_ema_decay)
+                with timed(self.timer, 'ema'):
+                    block.update_ema(stats, hp.cov_ema_decay)
             if any(block.ema[n] is None for n in block.statistic_names):
                 continue
             names = self.schedule.inverse_due(step, stats,
@@ -314,16 +322,18 @@ class KFAC(optimizer.GradientMethod):
             names += [n for n in block.statistic_names
                       if block.inverse[n] is None and n not in names]
             if names:
-                block.compute_inverses(hp.damping, hp.stab_coeff,
-                                       self.pi_type, names)
+                with timed(self.timer, 'inversion'):
+                    block.compute_inverses(hp.damping, hp.stab_coeff,
+                                           self.pi_type, names)
         return intervals
 
     def update_parameters(self):
         """Stage 3: preconditions and updates the parameters of the owned
         blocks, and updates the parameters without a block by momentum SGD
         on their plain gradient."""
-        for param in self.plain_params:
-            param.update()
+        with timed(self.timer, 'update'):
+            for param in self.plain_params:
+                param.update()
         for block in self.owned_blocks:
             self.update_block(block)
 
@@ -341,18 +351,20 @@ class KFAC(optimizer.GradientMethod):
         if any(t is None for t in targets):
             return
         grads = [t.grad for t in targets]
-        directions = block.precondition(grads)
+        with timed(self.timer, 'preconditioning'):
+            directions = block.precondition(grads)
         if directions is not grads:
             xp = backend.get_array_module(grads[0])
             if not all(bool(xp.isfinite(d).all()) for d in directions):
                 block.warn_once('nonfinite', 'preconditioned gradient is not '
                                 'finite; using the plain gradient this step')
                 directions = grads
-        for param, rule, target, direction in zip(params, rules, targets,
-                                                  directions):
-            target.grad = direction
-            rule.update_core(target)
-            rule.finish(param, target)
+        with timed(self.timer, 'update'):
+            for param, rule, target, direction in zip(params, rules, targets,
+                                                      directions):
+                target.grad = direction
+                rule.update_core(target)
+                rule.finish(param, target)
 
     # --- state ---------------------------------------------------------------
     def serialize(self, serializer):
