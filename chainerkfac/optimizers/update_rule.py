@@ -102,5 +102,21 @@ class KFACUpdateRule(optimizer.UpdateRule):
                 param.array, self.state['v'])
 
     def serialize(self, serializer):
-        super(KFACUpdateRule, self).serialize(serializer)
+        """Saves/loads ``t``, ``lr_prev`` and the velocity ``v``.
+
+        A rule that never updated its parameter (in DistributedKFAC, one
+        owned by another rank) has no velocity and saves none; loading such
+        a snapshot leaves the state to be created at the first update.
+        (Chainer does not save the fp32 master copy of an fp16 parameter;
+        it is re-made from the fp16 value on resume.)
+        """
+        self.t = serializer('t', self.t)
         self.lr_prev = float(serializer('lr_prev', self.lr_prev))
+        if isinstance(serializer, chainer.serializer.Deserializer):
+            try:
+                v = serializer('v', None)
+            except KeyError:
+                v = None
+            self._state = None if v is None else {'v': v}
+        elif self.state is not None:
+            serializer('v', self.state['v'])
