@@ -208,12 +208,12 @@ def test_gray_image_channels(images):
 
 
 def test_upscale_small(images):
-    a = image_list._upscale(image_list.load_image(images['small.png']), 16)
+    a = image_list.upscale(image_list.load_image(images['small.png']), 16)
     assert a.shape == (23, 16, 3)  # w 5 -> 16, h ceil(7 * 16 / 5) = 23
-    a = image_list._upscale(numpy.zeros((10, 30, 1), numpy.float32), 16)
+    a = image_list.upscale(numpy.zeros((10, 30, 1), numpy.float32), 16)
     assert a.shape == (16, 48, 1)
     big = numpy.zeros((16, 30, 1), numpy.float32)
-    assert image_list._upscale(big, 16) is big
+    assert image_list.upscale(big, 16) is big
 
 
 def test_normalisation_options(images):

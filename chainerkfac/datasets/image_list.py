@@ -113,6 +113,10 @@ def read_image_list(path, root, n_class=None, check_exists=True):
     return pairs
 
 
+class CorruptImageError(ValueError):
+    """An image file that cannot be decoded (the message names it)."""
+
+
 def load_image(path, channels=3):
     """Decode an image file into a ``(H, W, channels)`` float32 array.
 
@@ -126,8 +130,8 @@ def load_image(path, channels=3):
     scale.
 
     Raises:
-        ValueError: The file cannot be decoded (message names the file;
-            the PIL error is chained).
+        CorruptImageError: The file cannot be decoded (a ``ValueError``;
+            the message names the file; the PIL error is chained).
     """
     _require_pil()
     target = 'RGB' if channels == 3 else 'L'
@@ -151,14 +155,14 @@ def load_image(path, channels=3):
                 im = im.convert(target)
             a = numpy.asarray(im, dtype=numpy.float32)
     except Exception as e:
-        raise ValueError('cannot decode image {}: {}: {}'.format(
+        raise CorruptImageError('cannot decode image {}: {}: {}'.format(
             path, type(e).__name__, e)) from e
     if a.ndim == 2:
         a = a[:, :, None]
     return a
 
 
-def _upscale(image, crop_size):
+def upscale(image, crop_size):
     """Upscale ``(H, W, C)`` so the short side is ``crop_size`` if smaller.
 
     Bilinear, like the original (which only upscales): the short side
@@ -298,7 +302,9 @@ class ImageListDataset(dataset_mixin.DatasetMixin):
             self._rng_pid = pid
         return self._rng
 
-    def get_example(self, i):
+    def load(self, i):
+        """``(image, label)`` of example ``i``: ``(H, W, C)`` float32 0-255,
+        upscaled to at least ``crop x crop``; see ``skip_corrupt``."""
         n = len(self._pairs)
         for k in range(n):
             j = (i + k) % n
@@ -311,13 +317,15 @@ class ImageListDataset(dataset_mixin.DatasetMixin):
                 self.n_skipped += 1
                 warnings.warn('skipping corrupt image: {}'.format(e))
                 continue
-            return (self._transform(image),
-                    numpy.array(label, dtype=numpy.int32))
+            return upscale(image, self.crop_size), label
         raise ValueError('all {} images of the dataset are corrupt'.format(n))
+
+    def get_example(self, i):
+        image, label = self.load(i)
+        return (self._transform(image), numpy.array(label, dtype=numpy.int32))
 
     def _transform(self, image):
         crop = self.crop_size
-        image = _upscale(image, crop)
         h, w = image.shape[:2]
         if self.train:
             rng = self.rng
@@ -354,8 +362,23 @@ def compute_mean(pairs, size, limit=None, channels=3):
         index = numpy.arange(n)
     total = numpy.zeros(channels, dtype=numpy.float64)
     for j in index:
-        image = _upscale(load_image(pairs[j][0], channels), size)
+        image = upscale(load_image(pairs[j][0], channels), size)
         h, w = image.shape[:2]
         top, left = (h - size) // 2, (w - size) // 2
         total += image[top:top + size, left:left + size].mean(axis=(0, 1))
     return (total / len(index)).astype(numpy.float32)
+
+
+class UncroppedImageDataset(ImageListDataset):
+    """Decoded images before cropping, for augmentation in the main process.
+
+    ``get_example(i)`` returns ``(image, label)``: ``image`` ``(H, W, C)``
+    float32 on the 0-255 scale, upscaled so both sides are at least
+    ``crop_size``; ``label`` an int. Crop, flip and normalisation are done
+    by :class:`chainerkfac.datasets.augment.BatchAugmenter`, whose random
+    state is part of a snapshot (so a resumed run draws the same crops
+    whatever the loader threads do).
+    """
+
+    def get_example(self, i):
+        return self.load(i)
