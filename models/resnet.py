@@ -353,6 +353,7 @@ def _cifar(depth):
 ARCHS = {
     'resnet50': ResNet50,
     'resnet50_d': ResNet50D,
+    'resnet8': _cifar(8),      # one block per stage: tests and the demo
     'resnet20': _cifar(20),
     'resnet32': _cifar(32),
     'resnet44': _cifar(44),
