@@ -1,0 +1,142 @@
+"""train_imagenet.py end to end under mpiexec, and its errors on bad input."""
+import os
+import subprocess
+import sys
+
+import numpy
+import pytest
+
+import image_fixtures
+from mpi_helpers import MPIEXEC
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, 'train_imagenet.py')
+
+
+def run_script(n, args, timeout=240):
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1',
+               PYTHONPATH=ROOT)
+    cmd = ([MPIEXEC, '-n', str(n)] if n else []) + [
+        sys.executable, '-W', 'ignore', SCRIPT] + [str(a) for a in args]
+    try:
+        return subprocess.run(cmd, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, env=env,
+                              timeout=timeout, universal_newlines=True)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail('{} timed out; output:\n{}'.format(' '.join(cmd),
+                                                       e.output))
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp('imagenet'))
+    image_fixtures.make_dataset(root)
+    image_fixtures.write_config(os.path.join(root, 'tiny.json'))
+    return root
+
+
+def base_args(data, out, **extra):
+    args = [os.path.join(data, 'train.txt'), os.path.join(data, 'val.txt'),
+            '--train_root', os.path.join(data, 'train'),
+            '--val_root', os.path.join(data, 'val'),
+            '--config', os.path.join(data, 'tiny.json'), '--out', out,
+            '--no_progress', '--log_interval', '1', '--loaderjob', '2']
+    for k, v in extra.items():
+        args += ['--' + k, v]
+    return args
+
+
+def snapshot_params(path):
+    with numpy.load(path) as f:
+        return {k: f[k] for k in f.files if k.startswith('updater/model:')}
+
+
+def test_runs_evaluates_snapshots_and_resumes_exactly(data, tmp_path):
+    a, b = str(tmp_path / 'a'), str(tmp_path / 'b')
+    result = run_script(2, base_args(data, a, iterations=4,
+                                     snapshot_interval=2))
+    assert result.returncode == 0, result.stdout
+    assert 'validation/main/accuracy' in result.stdout
+    for name in ('snapshot_iter_2_rank0', 'snapshot_iter_2_rank1',
+                 'snapshot_iter_4_rank0', 'snapshot_iter_4_rank1', 'log',
+                 'config.json', 'loss.png'):
+        assert os.path.exists(os.path.join(a, name)), name
+    result = run_script(2, base_args(
+        data, b, iterations=4, snapshot_interval=2,
+        resume=os.path.join(a, 'snapshot_iter_2_rank0')))
+    assert result.returncode == 0, result.stdout
+    for rank in (0, 1):
+        name = 'snapshot_iter_4_rank{}'.format(rank)
+        uninterrupted = snapshot_params(os.path.join(a, name))
+        resumed = snapshot_params(os.path.join(b, name))
+        assert uninterrupted.keys() == resumed.keys() and uninterrupted
+        for k in uninterrupted:
+            numpy.testing.assert_array_equal(resumed[k], uninterrupted[k],
+                                             err_msg=k)
+
+
+def expect_error(result, *fragments):
+    assert result.returncode != 0, result.stdout
+    for fragment in fragments:
+        assert fragment in result.stdout, result.stdout
+    assert 'Traceback' not in result.stdout, result.stdout
+
+
+def test_missing_list(data, tmp_path):
+    args = base_args(data, str(tmp_path))
+    args[0] = os.path.join(data, 'nope.txt')
+    expect_error(run_script(2, args), 'nope.txt')
+
+
+def test_missing_root(data, tmp_path):
+    args = base_args(data, str(tmp_path))
+    args[args.index('--val_root') + 1] = '/no/such/dir'
+    expect_error(run_script(0, args), '--val_root', '/no/such/dir')
+
+
+def test_malformed_line(data, tmp_path):
+    bad = tmp_path / 'bad.txt'
+    bad.write_text('imgs/train_0.png 0\nimgs/train_1.jpg one\n')
+    args = base_args(data, str(tmp_path / 'out'))
+    args[0] = str(bad)
+    expect_error(run_script(2, args), 'bad.txt', ':2')
+
+
+def test_label_outside_the_model(data, tmp_path):
+    args = base_args(data, str(tmp_path), n_class=2)
+    expect_error(run_script(0, args), 'train.txt', 'label 2')
+
+
+def test_corrupt_image_is_named_or_skipped(data, tmp_path):
+    broken = os.path.join(data, 'train', 'imgs', 'broken.jpg')
+    with open(broken, 'wb') as f:
+        f.write(b'\xff\xd8 definitely not a jpeg')
+    lst = tmp_path / 'with_broken.txt'
+    lst.write_text('\n'.join(['imgs/broken.jpg 0'] + [
+        'imgs/train_{}.{} {}'.format(i, image_fixtures.MODES[i % 6][0], i % 3)
+        for i in range(7)]) + '\n')
+    args = base_args(data, str(tmp_path / 'x'), iterations=2, batchsize=8)
+    args[0] = str(lst)
+    expect_error(run_script(0, args), 'broken.jpg')
+    ok = run_script(0, args + ['--skip_corrupt'])
+    assert ok.returncode == 0, ok.stdout
+    assert 'skipped' in ok.stdout
+
+
+def test_resume_from_another_model_is_an_error(data, tmp_path):
+    a = str(tmp_path / 'a')
+    assert run_script(0, base_args(data, a, iterations=1)).returncode == 0
+    other = image_fixtures.write_config(str(tmp_path / 'other.json'),
+                                        arch='resnet20')
+    args = base_args(data, str(tmp_path / 'b'), iterations=2,
+                     resume=os.path.join(a, 'snapshot_iter_1_rank0'))
+    args[args.index('--config') + 1] = other
+    expect_error(run_script(0, args), 'does not match')
+
+
+def test_unknown_config_key(data, tmp_path):
+    cfg = image_fixtures.write_config(str(tmp_path / 'bad.json'),
+                                      learning_rate=0.1)
+    args = base_args(data, str(tmp_path))
+    args[args.index('--config') + 1] = cfg
+    expect_error(run_script(0, args), 'learning_rate')

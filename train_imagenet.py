@@ -1,0 +1,368 @@
+#!/usr/bin/env python
+"""Trains an ImageNet classifier with distributed K-FAC (Osawa et al., CVPR 2019).
+
+    mpiexec -n N python train_imagenet.py TRAIN_LIST VAL_LIST \\
+        --train_root DIR --val_root DIR [--config configs/bs4k_resnet50.json] \\
+        [--arch resnet50] [--batchsize 32] [--acc_iters K] [--epoch E] \\
+        [--iterations N] [--out DIR] [--resume SNAPSHOT]
+
+List files hold ``relative/path label`` lines; paths are relative to
+``--train_root``/``--val_root``. Rank 0 reads and checks the lists and
+``chainermn.scatter_dataset`` shards them. Without ``--mean``, inputs are
+normalised with the per-channel ImageNet mean and std (0-255 scale); with
+``--mean mean.npy`` (``(C,)`` or a ``(C, H, W)`` mean image, whose top-left
+crop is used as in the original), ``x = (x - mean) / 255``.
+
+Each rank writes its own snapshot ``snapshot_iter_<N>_rank<r>`` (momentum
+and curvature live with the owner of each block); ``--resume`` takes any
+rank's file (``..._rank0``) and every rank loads its own.
+"""
+import argparse
+import json
+import os
+import re
+import sys
+import warnings
+
+import chainer
+import chainermn
+import numpy
+from chainer import serializers
+from chainer import training
+from chainer.training import extensions
+
+import chainerkfac
+from chainerkfac.datasets import image_list
+from chainerkfac.datasets.augment import BatchAugmenter
+from chainerkfac.datasets.augment import RandomStateExtension
+from chainerkfac.training import config as config_module
+from chainerkfac.training import extensions as kfac_extensions
+from chainerkfac.training.classifier import Classifier
+from models import resnet
+
+#: command-line options that override a configuration key of the same name
+CONFIG_OPTIONS = ('arch', 'batchsize', 'acc_iters', 'epoch', 'val_batchsize',
+                  'crop_size')
+
+
+class UsageError(Exception):
+    """Bad input found before or at the first step; exit with its message."""
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('train', help='training list file (path label per line)')
+    p.add_argument('val', help='validation list file')
+    p.add_argument('--train_root', required=True)
+    p.add_argument('--val_root', required=True)
+    p.add_argument('--config', help='JSON configuration (configs/)')
+    p.add_argument('--mean', help='mean.npy: (C,) or (C, H, W), 0-255')
+    p.add_argument('--arch')
+    p.add_argument('--batchsize', type=int, help='per process')
+    p.add_argument('--val_batchsize', type=int)
+    p.add_argument('--acc_iters', type=int)
+    p.add_argument('--epoch', type=float)
+    p.add_argument('--crop_size', type=int)
+    p.add_argument('--iterations', type=int,
+                   help='stop after this many K-FAC updates (smoke runs)')
+    p.add_argument('--n_class', type=int,
+                   help='classes of the model (default: max train label + 1)')
+    p.add_argument('--channels', type=int, choices=(1, 3), default=3)
+    p.add_argument('--out', default='result')
+    p.add_argument('--resume', help='a snapshot_iter_<N>_rank<r> file')
+    p.add_argument('--snapshot_interval', type=int, default=None,
+                   help='iterations between snapshots (default: one per '
+                   'epoch); one is always taken at the end')
+    p.add_argument('--log_interval', type=int, default=10,
+                   help='iterations between log lines')
+    p.add_argument('--eval_interval', type=int, default=None,
+                   help='iterations between evaluations (default: every '
+                   'epoch and at the end)')
+    p.add_argument('--loaderjob', type=int, default=2,
+                   help='loader threads per process (0: serial)')
+    p.add_argument('--skip_corrupt', action='store_true',
+                   help='skip undecodable images (counted) instead of '
+                   'stopping with an error naming the file')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--no_progress', action='store_true')
+    return p.parse_args(argv)
+
+
+def build_config(args):
+    overrides = {k: getattr(args, k) for k in CONFIG_OPTIONS
+                 if getattr(args, k) is not None}
+    if args.config is not None and not os.path.isfile(args.config):
+        raise UsageError('--config {}: no such file'.format(args.config))
+    try:
+        return config_module.load_config(args.config, overrides)
+    except ValueError as e:
+        raise UsageError(str(e))
+
+
+def read_lists(args, comm):
+    """Rank 0 reads and checks both lists; every rank gets them."""
+    payload = None
+    if comm.rank == 0:
+        try:
+            for option, root in (('--train_root', args.train_root),
+                                 ('--val_root', args.val_root)):
+                if not os.path.isdir(root):
+                    raise UsageError('{} {}: no such directory'.format(
+                        option, root))
+            train = image_list.read_image_list(args.train, args.train_root,
+                                               n_class=args.n_class)
+            n_class = args.n_class or max(label for _, label in train) + 1
+            val = image_list.read_image_list(args.val, args.val_root,
+                                             n_class=n_class)
+        except (ValueError, OSError) as e:
+            raise UsageError(str(e))
+        payload = (train, val, n_class)
+    return comm.bcast_obj(payload)
+
+
+def normalization(args, channels, crop_size):
+    """Per-channel (or mean-image) ``mean`` and ``std`` on the 0-255 scale."""
+    if args.mean is None:
+        if channels == 3:
+            return image_list.IMAGENET_MEAN, image_list.IMAGENET_STD
+        return image_list.IMAGENET_GRAY_MEAN, image_list.IMAGENET_GRAY_STD
+    try:
+        mean = numpy.load(args.mean).astype(numpy.float32)
+    except (OSError, ValueError) as e:
+        raise UsageError('--mean {}: {}'.format(args.mean, e))
+    if mean.ndim == 1 and mean.shape[0] == channels:
+        return mean, (255.0,) * channels
+    if mean.ndim == 3 and mean.shape[0] == channels and \
+            min(mean.shape[1:]) >= crop_size:
+        return mean[:, :crop_size, :crop_size], (255.0,) * channels
+    raise UsageError('--mean {}: shape {} is neither ({},) nor ({}, H, W) '
+                     'with H, W >= {}'.format(args.mean, mean.shape, channels,
+                                              channels, crop_size))
+
+
+def build_model(config, n_class, channels):
+    kwargs = {}
+    if config['arch'] not in ('resnet50', 'resnet50_d'):
+        kwargs['in_channels'] = channels
+    elif channels != 3:
+        raise UsageError('--arch {} needs 3 input channels'.format(
+            config['arch']))
+    dtype = numpy.float16 if config['fp16'] else numpy.float32
+    try:
+        with chainer.using_config('dtype', dtype):
+            return Classifier(resnet.get_model(config['arch'], n_class,
+                                               **kwargs))
+    except ValueError as e:
+        raise UsageError(str(e))
+
+
+def build_optimizer(config, comm, model):
+    optimizer = chainerkfac.DistributedKFAC(
+        comm, lr=config['lr'], momentum=config['momentum'],
+        damping=config['damping'], cov_ema_decay=config['cov_ema_decay'],
+        stab_coeff=config['stab_coeff'], bn_fisher=config['bn_fisher'],
+        pi_type=config['pi_type'], acc_iters=config['acc_iters'],
+        adjust_momentum=config['adjust_momentum'],
+        loss_scale=config['loss_scale'], stale=config['stale'],
+        comm_dtype=config['comm_dtype'], assignment=config['assignment'],
+        communicate_after_forward=config['communicate_after_forward'])
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', UserWarning)
+        optimizer.setup(model)
+    if config['fp16']:
+        optimizer.use_fp32_update()
+    if config['weight_decay'] > 0:
+        optimizer.add_hook(chainer.optimizer_hooks.WeightDecay(
+            config['weight_decay']))
+    if config['weight_rescaling']:
+        kfac_extensions.add_weight_rescaling(model.predictor)
+    return optimizer
+
+
+def resume_path(path, rank):
+    """This rank's file for ``--resume`` given any rank's file."""
+    match = re.match(r'^(.*_rank)\d+$', path)
+    if match is None:
+        raise UsageError('--resume {}: expected a snapshot_iter_<N>_rank<r> '
+                         'file written by this script'.format(path))
+    return '{}{}'.format(match.group(1), rank)
+
+
+def resume(trainer, path, rank):
+    own = resume_path(path, rank)
+    if not os.path.isfile(own):
+        raise UsageError('--resume: no snapshot {} for rank {} (was the '
+                         'run made with as many processes?)'.format(own, rank))
+    try:
+        serializers.load_npz(own, trainer)
+    except (KeyError, ValueError, TypeError) as e:
+        raise UsageError('--resume {} does not match this model and '
+                         'configuration ({}: {})'.format(
+                             own, type(e).__name__, e))
+
+
+class CommunicationVolume(training.Extension):
+    """Reports ``comm/MB_per_update``: MB this rank sent per K-FAC update."""
+
+    trigger = (1, 'iteration')
+
+    def __init__(self, comm, acc_iters):
+        self.comm, self.acc_iters = comm, acc_iters
+        self._last = 0
+
+    def __call__(self, trainer):
+        sent = self.comm.bytes_sent
+        chainer.report({'comm/MB_per_update': (sent - self._last)
+                        * self.acc_iters / 2 ** 20})
+        self._last = sent
+
+
+def last_iteration_trigger(args, config, iters_per_epoch):
+    """True at the iteration that ends the run (for the final snapshot)."""
+    if args.iterations:
+        last = args.iterations * config['acc_iters']
+    else:
+        last = int(numpy.ceil(config['epoch'] * iters_per_epoch))
+
+    def trigger(trainer):
+        return trainer.updater.iteration == last
+    return trigger, last
+
+
+def any_of(*triggers):
+    triggers = [training.trigger.get_trigger(t) for t in triggers]
+
+    def trigger(trainer):
+        return any([t(trainer) for t in triggers])  # call all: no skipping
+    return trigger
+
+
+def run(args, comm):
+    config = build_config(args)
+    rank, size = comm.rank, comm.size
+    train_pairs, val_pairs, n_class = read_lists(args, comm)
+    crop = config['crop_size']
+    mean, std = normalization(args, args.channels, crop)
+    model = build_model(config, n_class, args.channels)
+    optimizer = build_optimizer(config, comm, model)
+    dtype = numpy.float16 if config['fp16'] else numpy.float32
+
+    train_shard = chainermn.scatter_dataset(train_pairs, comm, shuffle=True,
+                                            seed=args.seed)
+    val_shard = chainermn.scatter_dataset(val_pairs, comm)
+    train = image_list.UncroppedImageDataset(
+        train_shard, crop, channels=args.channels,
+        skip_corrupt=args.skip_corrupt)
+    val = image_list.ImageListDataset(
+        val_shard, crop, train=False, mean=mean, std=std,
+        channels=args.channels, skip_corrupt=args.skip_corrupt)
+    order_rng = numpy.random.RandomState(args.seed + 1000 * (rank + 1))
+    sampler = chainer.iterators.ShuffleOrderSampler(order_rng)
+    if args.loaderjob > 0:
+        train_iter = chainer.iterators.MultithreadIterator(
+            train, config['batchsize'], n_threads=args.loaderjob,
+            order_sampler=sampler)
+        val_iter = chainer.iterators.MultithreadIterator(
+            val, config['val_batchsize'], repeat=False, shuffle=False,
+            n_threads=args.loaderjob)
+    else:
+        train_iter = chainer.iterators.SerialIterator(
+            train, config['batchsize'], order_sampler=sampler)
+        val_iter = chainer.iterators.SerialIterator(
+            val, config['val_batchsize'], repeat=False, shuffle=False)
+
+    erasing = None
+    if config['random_erasing_p'] > 0:
+        erasing = dict(p=config['random_erasing_p'],
+                       area=tuple(config['random_erasing_area']),
+                       aspect=tuple(config['random_erasing_aspect']))
+    augmenter = BatchAugmenter(
+        crop, mean, std, n_class, mixup_alpha=config['mixup_alpha'],
+        running_mixup=config['running_mixup'], erasing=erasing,
+        seed=args.seed + 7919 * (rank + 1), dtype=dtype)
+
+    def val_converter(batch, device=None):
+        x, t = chainer.dataset.concat_examples(batch)
+        return x.astype(dtype, copy=False), t
+
+    updater = training.StandardUpdater(train_iter, optimizer,
+                                       converter=augmenter)
+    iters_per_epoch = len(train) / config['batchsize']
+    is_last, last = last_iteration_trigger(args, config, iters_per_epoch)
+    trainer = training.Trainer(updater, (last, 'iteration'), out=args.out)
+
+    schedule = kfac_extensions.make_lr_schedule(config, optimizer=optimizer)
+    if schedule is not None:
+        trainer.extend(schedule)
+    trainer.extend(RandomStateExtension(augmenter=augmenter,
+                                        order=order_rng), name='random_state')
+    eval_trigger = (any_of((args.eval_interval, 'iteration'), is_last)
+                    if args.eval_interval else any_of((1, 'epoch'), is_last))
+    evaluator = extensions.Evaluator(val_iter, model, converter=val_converter)
+    trainer.extend(chainermn.create_multi_node_evaluator(evaluator, comm),
+                   trigger=eval_trigger, name='validation')
+    snapshot_trigger = any_of(
+        (args.snapshot_interval, 'iteration') if args.snapshot_interval
+        else (1, 'epoch'), is_last)
+    trainer.extend(extensions.snapshot(
+        filename='snapshot_iter_{.updater.iteration}_rank%d' % rank),
+        trigger=snapshot_trigger)
+    trainer.extend(CommunicationVolume(comm, config['acc_iters']))
+    if rank == 0:
+        log_trigger = (args.log_interval, 'iteration')
+        trainer.extend(extensions.observe_lr(), trigger=log_trigger)
+        trainer.extend(extensions.observe_value(
+            'damping', lambda t: optimizer.damping), trigger=log_trigger)
+        trainer.extend(extensions.LogReport(trigger=log_trigger))
+        trainer.extend(extensions.PrintReport(
+            ['epoch', 'iteration', 'main/loss', 'main/accuracy',
+             'validation/main/loss', 'validation/main/accuracy', 'lr',
+             'kfac/refresh_fraction', 'comm/MB_per_update', 'elapsed_time']),
+            trigger=log_trigger)
+        if extensions.PlotReport.available():
+            for keys, name in ((['main/loss', 'validation/main/loss'],
+                                'loss.png'),
+                               (['main/accuracy', 'validation/main/accuracy'],
+                                'accuracy.png'),
+                               (['lr'], 'lr.png')):
+                trainer.extend(extensions.PlotReport(
+                    keys, 'iteration', trigger=log_trigger, file_name=name))
+        if not args.no_progress:
+            trainer.extend(extensions.ProgressBar(update_interval=1))
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, 'config.json'), 'w') as f:
+            json.dump({'config': config, 'args': vars(args),
+                       'n_processes': size, 'n_class': n_class,
+                       'global_batchsize': config['batchsize'] * size
+                       * config['acc_iters'],
+                       'train_examples': len(train_pairs),
+                       'val_examples': len(val_pairs)}, f, indent=2)
+    if args.resume:
+        resume(trainer, args.resume, rank)
+    try:
+        trainer.run(show_loop_exception_msg=False)
+    except image_list.CorruptImageError as e:
+        raise UsageError('{} (use --skip_corrupt to skip and count such '
+                         'images)'.format(e))
+    if args.skip_corrupt and (train.n_skipped or val.n_skipped):
+        print('rank {}: skipped {} corrupt images'.format(
+            rank, train.n_skipped + val.n_skipped))
+    return trainer
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    comm = chainerkfac.create_communicator('mpi')
+    try:
+        return run(args, comm)
+    except UsageError as e:
+        sys.stderr.write('train_imagenet.py: error (rank {}): {}\n'.format(
+            comm.rank, e))
+        sys.stderr.flush()
+        if comm.size > 1:
+            comm.mpi_comm.Abort(2)
+        sys.exit(2)
+
+
+if __name__ == '__main__':
+    main()
