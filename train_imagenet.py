@@ -164,6 +164,11 @@ def build_optimizer(config, comm, model):
         pi_type=config['pi_type'], acc_iters=config['acc_iters'],
         adjust_momentum=config['adjust_momentum'],
         loss_scale=config['loss_scale'], stale=config['stale'],
+        **({'stale_threshold': config['stale_threshold'],
+            'stale_max_interval': config['stale_max_interval'],
+            'stale_warmup': config['stale_warmup'],
+            'stale_growth': config['stale_growth']} if config['stale']
+           else {}),
         comm_dtype=config['comm_dtype'], assignment=config['assignment'],
         communicate_after_forward=config['communicate_after_forward'])
     with warnings.catch_warnings():

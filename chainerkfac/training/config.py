@@ -138,6 +138,15 @@ SCHEMA = collections.OrderedDict([
                   'every step, as the original code ran (the CVPR paper '
                   'describes refreshing the factors less often after the '
                   'first iterations: secondary source, not in its code)')),
+    ('stale_threshold', Key(0.1, _number(0), 'stale rule: grow an interval '
+                            'while the EMA moves by at most this relative '
+                            'Frobenius change')),
+    ('stale_max_interval', Key(20, _int(1), 'stale rule: longest interval '
+                               '(steps)')),
+    ('stale_warmup', Key(10, _int(0), 'stale rule: steps that refresh '
+                         'everything')),
+    ('stale_growth', Key('increment', _choice('increment', 'double'),
+                         "stale rule: interval k -> k + 1 or 2k")),
     ('weight_decay', Key(0.0, _number(0),
                          'L2 coefficient added to the gradient before '
                          'preconditioning (the original: none)')),
