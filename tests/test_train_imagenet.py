@@ -140,3 +140,15 @@ def test_unknown_config_key(data, tmp_path):
     args = base_args(data, str(tmp_path))
     args[args.index('--config') + 1] = cfg
     expect_error(run_script(0, args), 'learning_rate')
+
+
+def test_fp16_training_with_fp32_master_weights(data, tmp_path):
+    cfg = image_fixtures.write_config(str(tmp_path / 'fp16.json'), fp16=True,
+                                      loss_scale=128.0, mixup_alpha=0.0)
+    args = base_args(data, str(tmp_path / 'out'), iterations=2)
+    args[args.index('--config') + 1] = cfg
+    result = run_script(2, args)
+    assert result.returncode == 0, result.stdout
+    with numpy.load(str(tmp_path / 'out' / 'snapshot_iter_2_rank0')) as f:
+        w = f['updater/model:main/predictor/fc/W']
+    assert w.dtype == numpy.float16 and numpy.isfinite(w).all()
