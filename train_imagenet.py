@@ -314,7 +314,7 @@ def run(args, comm):
         trigger=snapshot_trigger)
     trainer.extend(CommunicationVolume(comm, config['acc_iters']))
     if rank == 0:
-        log_trigger = (args.log_interval, 'iteration')
+        log_trigger = any_of((args.log_interval, 'iteration'), is_last)
         trainer.extend(extensions.observe_lr(), trigger=log_trigger)
         trainer.extend(extensions.observe_value(
             'damping', lambda t: optimizer.damping), trigger=log_trigger)
@@ -349,6 +349,14 @@ def run(args, comm):
     except image_list.CorruptImageError as e:
         raise UsageError('{} (use --skip_corrupt to skip and count such '
                          'images)'.format(e))
+    if rank == 0:
+        entries = [e for e in trainer.get_extension('LogReport').log
+                   if 'validation/main/accuracy' in e]
+        if entries:
+            print('final: iteration {} validation accuracy {:.4f} loss {:.4f}'
+                  .format(entries[-1]['iteration'],
+                          entries[-1]['validation/main/accuracy'],
+                          entries[-1]['validation/main/loss']))
     if args.skip_corrupt and (train.n_skipped or val.n_skipped):
         print('rank {}: skipped {} corrupt images'.format(
             rank, train.n_skipped + val.n_skipped))

@@ -57,6 +57,7 @@ def test_runs_evaluates_snapshots_and_resumes_exactly(data, tmp_path):
                                      snapshot_interval=2))
     assert result.returncode == 0, result.stdout
     assert 'validation/main/accuracy' in result.stdout
+    assert 'final: iteration 4 validation accuracy' in result.stdout
     for name in ('snapshot_iter_2_rank0', 'snapshot_iter_2_rank1',
                  'snapshot_iter_4_rank0', 'snapshot_iter_4_rank1', 'log',
                  'config.json', 'loss.png'):
