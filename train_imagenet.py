@@ -314,16 +314,17 @@ def run(args, comm):
         trigger=snapshot_trigger)
     trainer.extend(CommunicationVolume(comm, config['acc_iters']))
     if rank == 0:
-        log_trigger = any_of((args.log_interval, 'iteration'), is_last)
-        trainer.extend(extensions.observe_lr(), trigger=log_trigger)
+        def log_trigger():  # a fresh one per extension: triggers keep state
+            return any_of((args.log_interval, 'iteration'), is_last)
+        trainer.extend(extensions.observe_lr(), trigger=log_trigger())
         trainer.extend(extensions.observe_value(
-            'damping', lambda t: optimizer.damping), trigger=log_trigger)
-        trainer.extend(extensions.LogReport(trigger=log_trigger))
+            'damping', lambda t: optimizer.damping), trigger=log_trigger())
+        trainer.extend(extensions.LogReport(trigger=log_trigger()))
         trainer.extend(extensions.PrintReport(
             ['epoch', 'iteration', 'main/loss', 'main/accuracy',
              'validation/main/loss', 'validation/main/accuracy', 'lr',
              'kfac/refresh_fraction', 'comm/MB_per_update', 'elapsed_time']),
-            trigger=log_trigger)
+            trigger=log_trigger())
         if extensions.PlotReport.available():
             for keys, name in ((['main/loss', 'validation/main/loss'],
                                 'loss.png'),
@@ -331,7 +332,7 @@ def run(args, comm):
                                 'accuracy.png'),
                                (['lr'], 'lr.png')):
                 trainer.extend(extensions.PlotReport(
-                    keys, 'iteration', trigger=log_trigger, file_name=name))
+                    keys, 'iteration', trigger=log_trigger(), file_name=name))
         if not args.no_progress:
             trainer.extend(extensions.ProgressBar(update_interval=1))
         os.makedirs(args.out, exist_ok=True)

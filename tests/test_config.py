@@ -130,8 +130,8 @@ def test_global_batchsize():
 
 def test_demo_config():
     c = load_config(os.path.join(ROOT, 'configs', 'demo_fashion_mnist.json'))
-    assert (c['arch'], c['crop_size'], c['n_processes']) == ('resnet20', 28,
-                                                             1)
+    assert (c['arch'], c['crop_size'], c['n_processes']) == ('resnet8', 28,
+                                                             2)
     assert c['mixup_alpha'] == 0 and c['random_erasing_p'] == 0
     assert effective_end_epoch(c['epoch'], c['lr_end_epoch']) == c['epoch']
     assert c['lr_start_epoch'] < c['epoch']

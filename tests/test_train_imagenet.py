@@ -1,4 +1,5 @@
 """train_imagenet.py end to end under mpiexec, and its errors on bad input."""
+import json
 import os
 import subprocess
 import sys
@@ -58,6 +59,10 @@ def test_runs_evaluates_snapshots_and_resumes_exactly(data, tmp_path):
     assert result.returncode == 0, result.stdout
     assert 'validation/main/accuracy' in result.stdout
     assert 'final: iteration 4 validation accuracy' in result.stdout
+    with open(os.path.join(a, 'log')) as f:
+        log = json.load(f)
+    assert [e['iteration'] for e in log] == [1, 2, 3, 4]   # --log_interval 1
+    assert 'kfac/refresh_fraction' in log[0] and 'lr' in log[0]
     for name in ('snapshot_iter_2_rank0', 'snapshot_iter_2_rank1',
                  'snapshot_iter_4_rank0', 'snapshot_iter_4_rank1', 'log',
                  'config.json', 'loss.png'):
