@@ -248,6 +248,7 @@ def run(args, comm):
     train_pairs, val_pairs, n_class = read_lists(args, comm)
     crop = config['crop_size']
     mean, std = normalization(args, args.channels, crop)
+    numpy.random.seed(args.seed)   # initial weights (rank 0's are broadcast)
     model = build_model(config, n_class, args.channels)
     optimizer = build_optimizer(config, comm, model)
     dtype = numpy.float16 if config['fp16'] else numpy.float32
