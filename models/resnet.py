@@ -192,6 +192,21 @@ def _bottleneck_stage(n_blocks, in_ch, mid_ch, out_ch, stride, **kwargs):
     return Stage(*blocks)
 
 
+def _resnet50_stages(**kw):
+    """res2..res5 of ResNet-50: [3, 4, 6, 3] bottlenecks, widths 64..512."""
+    return (_bottleneck_stage(3, 64, 64, 256, 1, **kw),
+            _bottleneck_stage(4, 256, 128, 512, 2, **kw),
+            _bottleneck_stage(6, 512, 256, 1024, 2, **kw),
+            _bottleneck_stage(3, 1024, 512, 2048, 2, **kw))
+
+
+def _resnet50_head(model, h):
+    """3x3/2 max pool, res2..res5, global average pool, fc."""
+    h = F.max_pooling_2d(h, 3, stride=2)
+    h = model.res5(model.res4(model.res3(model.res2(h))))
+    return model.fc(F.average(h, axis=(2, 3)))
+
+
 class ResNet50(chainer.Chain):
     """Plain ResNet-50 (He et al. 2016), as in the CVPR 2019 K-FAC paper.
 
@@ -228,18 +243,13 @@ class ResNet50(chainer.Chain):
         with self.init_scope():
             self.conv1 = _conv(3, 64, 7, 2)
             self.bn1 = _bn(64, bn_gamma_init)
-            self.res2 = _bottleneck_stage(3, 64, 64, 256, 1, **kw)
-            self.res3 = _bottleneck_stage(4, 256, 128, 512, 2, **kw)
-            self.res4 = _bottleneck_stage(6, 512, 256, 1024, 2, **kw)
-            self.res5 = _bottleneck_stage(3, 1024, 512, 2048, 2, **kw)
+            (self.res2, self.res3, self.res4,
+             self.res5) = _resnet50_stages(**kw)
             self.fc = _fc(2048, n_class)
 
     def forward(self, x):
         h = F.relu(self.bn1(self.conv1(x)))
-        h = F.max_pooling_2d(h, 3, stride=2)
-        h = self.res5(self.res4(self.res3(self.res2(h))))
-        h = F.average(h, axis=(2, 3))
-        return self.fc(h)
+        return _resnet50_head(self, h)
 
 
 class ResNet50D(chainer.Chain):
@@ -275,20 +285,15 @@ class ResNet50D(chainer.Chain):
             self.bn1_2 = _bn(32, bn_gamma_init)
             self.conv1_3 = _conv(32, 64, 3)
             self.bn1_3 = _bn(64, bn_gamma_init)
-            self.res2 = _bottleneck_stage(3, 64, 64, 256, 1, **kw)
-            self.res3 = _bottleneck_stage(4, 256, 128, 512, 2, **kw)
-            self.res4 = _bottleneck_stage(6, 512, 256, 1024, 2, **kw)
-            self.res5 = _bottleneck_stage(3, 1024, 512, 2048, 2, **kw)
+            (self.res2, self.res3, self.res4,
+             self.res5) = _resnet50_stages(**kw)
             self.fc = _fc(2048, n_class)
 
     def forward(self, x):
         h = F.relu(self.bn1_1(self.conv1_1(x)))
         h = F.relu(self.bn1_2(self.conv1_2(h)))
         h = F.relu(self.bn1_3(self.conv1_3(h)))
-        h = F.max_pooling_2d(h, 3, stride=2)
-        h = self.res5(self.res4(self.res3(self.res2(h))))
-        h = F.average(h, axis=(2, 3))
-        return self.fc(h)
+        return _resnet50_head(self, h)
 
 
 class ResNetCIFAR(chainer.Chain):
