@@ -34,6 +34,8 @@ class FisherBlock(object):
     def __init__(self, name, link):
         self.name = name
         self.link = link
+        #: statistic name -> its key in the optimizer's refresh schedule
+        self.schedule_keys = {n: name + '/' + n for n in self.statistic_names}
         self.ema = dict.fromkeys(self.statistic_names)
         self.inverse = dict.fromkeys(self.statistic_names)
         self._sums = dict.fromkeys(self.statistic_names)

@@ -149,13 +149,14 @@ class DistributedKFAC(KFAC):
         costs = [assignment_module.block_cost(b) for b in self.fisher_blocks]
         self.owners = assignment_module.assign_blocks(
             costs, self.communicator.size, self.assignment)
-        rank = self.communicator.rank
-        self.owned_blocks = [b for b, r in zip(self.fisher_blocks, self.owners)
-                             if r == rank]
+        self._blocks_by_rank = [
+            [b for b, r in zip(self.fisher_blocks, self.owners) if r == rank]
+            for rank in range(self.communicator.size)]
+        self.owned_blocks = self._blocks_by_rank[self.communicator.rank]
 
     def blocks_of(self, rank):
         """The blocks owned by ``rank``, in block order."""
-        return [b for b, r in zip(self.fisher_blocks, self.owners) if r == rank]
+        return self._blocks_by_rank[rank]
 
     # --- the step ---------------------------------------------------------
     def update(self, lossfun=None, *args, **kwds):
@@ -239,7 +240,7 @@ class DistributedKFAC(KFAC):
 
     def _due_keys(self, rank):
         """Schedule keys refreshed this step among ``rank``'s blocks."""
-        return [self._keys(b)[n] for b in self.blocks_of(rank)
+        return [b.schedule_keys[n] for b in self.blocks_of(rank)
                 for n in b.statistic_names if n in b.due]
 
     def exchange_parameters(self, intervals):
@@ -255,25 +256,24 @@ class DistributedKFAC(KFAC):
             for param, old in zip(block.params, olds):
                 dtype = numpy.promote_types(param.dtype, numpy.float32)
                 own.append(param.array.astype(dtype) - old.astype(dtype))
-        own_keys = self._due_keys(rank)
-        if own_keys:
-            own.append(numpy.array([intervals.get(k, 0) for k in own_keys],
-                                   numpy.float32))
+        due_keys = [self._due_keys(r) for r in range(comm.size)]
+        if due_keys[rank]:
+            own.append(numpy.array([intervals.get(k, 0)
+                                    for k in due_keys[rank]], numpy.float32))
         per_rank = []
         for r in range(comm.size):
             if r == rank:
                 per_rank.append(own)
                 continue
             arrays = [p.array for b in self.blocks_of(r) for p in b.params]
-            if self._due_keys(r):
-                arrays.append(numpy.empty(len(self._due_keys(r)),
-                                          numpy.float32))
+            if due_keys[r]:
+                arrays.append(numpy.empty(len(due_keys[r]), numpy.float32))
             per_rank.append(arrays)
         gathered = comm.all_gather_v(per_rank, self.comm_dtype)
         all_intervals = {}
         for r in range(comm.size):
             params = [p for b in self.blocks_of(r) for p in b.params]
-            keys = self._due_keys(r)
+            keys = due_keys[r]
             if keys:
                 received = chainer.backend.CpuDevice().send(gathered[r][-1])
                 all_intervals.update((k, int(round(float(v))))

@@ -171,7 +171,7 @@ class KFAC(optimizer.GradientMethod):
                              if id(p) not in covered]
         self._hook = KFACStatisticsHook(blocks)
         self.schedule.register(
-            key for b in blocks for key in self._keys(b).values())
+            key for b in blocks for key in b.schedule_keys.values())
         logger.info('chainerkfac: %s', self.fisher_block_summary())
         if plain:
             warnings.warn(
@@ -179,11 +179,6 @@ class KFAC(optimizer.GradientMethod):
                 'get momentum SGD on the plain gradient'.format(
                     ', '.join(plain)), UserWarning, stacklevel=2)
         return self
-
-    @staticmethod
-    def _keys(block):
-        """{statistic name: schedule key} of a block."""
-        return {n: block.name + '/' + n for n in block.statistic_names}
 
     def fisher_block_summary(self):
         """One line per link with parameters: its block type, or SGD."""
@@ -228,7 +223,7 @@ class KFAC(optimizer.GradientMethod):
         """Tells every block which statistics the coming step refreshes."""
         step = self.t + 1
         for block in self.fisher_blocks:
-            block.due = set(n for n, key in self._keys(block).items()
+            block.due = set(n for n, key in block.schedule_keys.items()
                             if self.schedule.is_due(key, step))
 
     def after_forward(self):
@@ -280,7 +275,7 @@ class KFAC(optimizer.GradientMethod):
         return intervals
 
     def _report_schedule(self):
-        keys = [k for b in self.fisher_blocks for k in self._keys(b).values()]
+        keys = [k for b in self.fisher_blocks for k in b.schedule_keys.values()]
         if keys:
             refreshed = sum(1 for b in self.fisher_blocks for _ in b.due)
             chainer.report({'kfac/refresh_fraction': refreshed / len(keys),
@@ -300,7 +295,7 @@ class KFAC(optimizer.GradientMethod):
         hp, step = self.hyperparam, self.t
         intervals = {}
         for block, stats in statistics:
-            keys = self._keys(block)
+            keys = block.schedule_keys
             for name, new in stats.items():
                 change = 0.0
                 old = block.ema[name]
