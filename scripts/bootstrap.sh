@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Creates (once) the project's virtual environment in .venv and installs what the
-# project needs from its own files: Debian's Fashion-MNIST package and the pinned PyPI
-# requirements. Re-running is cheap: it only re-installs when requirements.txt changed.
+# Creates (once) a virtual environment and installs what the project needs
+# from its own files: Debian's Fashion-MNIST package and the pinned PyPI
+# requirements. Re-running is cheap: it only rebuilds when the requirements
+# file or this script changed. This is the one place that knows how Chainer
+# 7.8.1 is installed.
+#   CHAINERKFAC_VENV          where (default .venv)
+#   CHAINERKFAC_REQUIREMENTS  which pins (default requirements.txt)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${CHAINERKFAC_VENV:-$root/.venv}"
+requirements="${CHAINERKFAC_REQUIREMENTS:-$root/requirements.txt}"
 python="${PYTHON:-python3.11}"
 command -v "$python" >/dev/null 2>&1 || python=python3
 
@@ -18,17 +23,17 @@ if [ ! -d /usr/share/datasets/fashion-mnist ]; then
 fi
 
 stamp="$venv/.requirements.sha256"
-want="$(sha256sum "$root/requirements.txt" | cut -d' ' -f1)"
+want="$(cat "$requirements" "${BASH_SOURCE[0]}" | sha256sum | cut -d' ' -f1)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exit 0; fi
 
-echo "bootstrap: building $venv (first run takes a few minutes)" >&2
-"$python" -m venv "$venv"
+echo "bootstrap: building $venv from $(basename "$requirements") (first run takes a few minutes)" >&2
+"$python" -m venv --clear "$venv"
 pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
-# Chainer 7.8.1's setup.py imports pkg_resources (gone from new setuptools), so build it
-# without isolation against a setuptools that still ships it.
+# Chainer 7.8.1 is an sdist whose setup.py imports pkg_resources, which new
+# setuptools lack (82 removed it; Chainer also imports it at run time): build
+# it without isolation against a setuptools that still ships it, and keep
+# that setuptools installed. Every other requirement is a wheel.
 "${pip[@]}" "setuptools<70" wheel
-"${pip[@]}" "numpy==1.26.4"
-"${pip[@]}" --no-build-isolation "chainer==7.8.1"
-"${pip[@]}" -r "$root/requirements.txt"
-"${pip[@]}" --no-deps -e "$root"
+"${pip[@]}" --no-build-isolation -r "$requirements"
+"${pip[@]}" --no-build-isolation --no-deps -e "$root"
 echo "$want" > "$stamp"
