@@ -4,7 +4,7 @@
     mpiexec -n N python train_imagenet.py TRAIN_LIST VAL_LIST \\
         --train_root DIR --val_root DIR [--config configs/bs4k_resnet50.json] \\
         [--arch resnet50] [--batchsize 32] [--acc_iters K] [--epoch E] \\
-        [--iterations N] [--out DIR] [--resume SNAPSHOT]
+        [--iterations N] [--out DIR] [--resume SNAPSHOT] [--gpu]
 
 List files hold ``relative/path label`` lines; paths are relative to
 ``--train_root``/``--val_root``. Rank 0 reads and checks the lists and
@@ -16,6 +16,14 @@ crop is used as in the original), ``x = (x - mean) / 255``.
 Each rank writes its own snapshot ``snapshot_iter_<N>_rank<r>`` (momentum
 and curvature live with the owner of each block); ``--resume`` takes any
 rank's file (``..._rank0``) and every rank loads its own.
+
+With ``--gpu`` each rank trains on its node-local GPU (``comm.intra_rank``):
+the model (and so the optimizer's state) lives there and the updater's and
+evaluator's converters send each batch there; augmentation stays on the CPU.
+Without a usable GPU for every rank, every rank stops with one line saying
+what is missing (:mod:`chainerkfac.training.device`). The GPU path has not run
+on a GPU from this repository's machines yet: ``scripts/gpu_check.sh`` is the
+check to run on one.
 """
 import argparse
 import json
@@ -24,6 +32,9 @@ import re
 import sys
 import warnings
 
+# chainerkfac before chainer: it makes Chainer 7.8.1 import on NumPy 2 (the
+# CuPy 14 stack; chainerkfac/_compat.py)
+import chainerkfac  # NOQA: I100
 import chainer
 import chainermn
 import numpy
@@ -31,11 +42,11 @@ from chainer import serializers
 from chainer import training
 from chainer.training import extensions
 
-import chainerkfac
 from chainerkfac.datasets import image_list
 from chainerkfac.datasets.augment import BatchAugmenter
 from chainerkfac.datasets.augment import RandomStateExtension
 from chainerkfac.training import config as config_module
+from chainerkfac.training import device as device_module
 from chainerkfac.training import extensions as kfac_extensions
 from chainerkfac.training.classifier import Classifier
 from models import resnet
@@ -85,6 +96,12 @@ def parse_args(argv=None):
                    'stopping with an error naming the file')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--no_progress', action='store_true')
+    p.add_argument('--gpu', action='store_true',
+                   help='train on GPUs: each rank on its node-local device '
+                   '(CuPy); stops with one line when a rank has none')
+    p.add_argument('--use_tensor_core', action='store_true',
+                   help="with --gpu: Chainer's use_cudnn_tensor_core='always' "
+                   '(no effect without cuDNN, e.g. on CuPy 14)')
     return p.parse_args(argv)
 
 
@@ -242,7 +259,21 @@ def any_of(*triggers):
     return trigger
 
 
-def run(args, comm):
+def on_device(converter, device):
+    """``converter``'s ``(x, t)`` sent to ``device`` (unchanged for None).
+
+    The augmenter is an old-style converter (it would get a device number
+    from the updater), so the transfer is done here instead."""
+    if device is None:
+        return converter
+
+    def convert(batch, _device=None):
+        x, t = converter(batch)
+        return device.send(x), device.send(t)
+    return convert
+
+
+def run(args, comm, device=None):
     config = build_config(args)
     rank, size = comm.rank, comm.size
     train_pairs, val_pairs, n_class = read_lists(args, comm)
@@ -250,6 +281,8 @@ def run(args, comm):
     mean, std = normalization(args, args.channels, crop)
     numpy.random.seed(args.seed)   # initial weights (rank 0's are broadcast)
     model = build_model(config, n_class, args.channels)
+    if device is not None:
+        model.to_device(device)   # before setup: the state lives there too
     optimizer = build_optimizer(config, comm, model)
     dtype = numpy.float16 if config['fp16'] else numpy.float32
 
@@ -292,7 +325,7 @@ def run(args, comm):
         return x.astype(dtype, copy=False), t
 
     updater = training.StandardUpdater(train_iter, optimizer,
-                                       converter=augmenter)
+                                       converter=on_device(augmenter, device))
     iters_per_epoch = len(train) / config['batchsize']
     is_last, last = last_iteration_trigger(args, config, iters_per_epoch)
     trainer = training.Trainer(updater, (last, 'iteration'), out=args.out)
@@ -304,7 +337,8 @@ def run(args, comm):
                                         order=order_rng), name='random_state')
     eval_trigger = (any_of((args.eval_interval, 'iteration'), is_last)
                     if args.eval_interval else any_of((1, 'epoch'), is_last))
-    evaluator = extensions.Evaluator(val_iter, model, converter=val_converter)
+    evaluator = extensions.Evaluator(val_iter, model,
+                                     converter=on_device(val_converter, device))
     trainer.extend(chainermn.create_multi_node_evaluator(evaluator, comm),
                    trigger=eval_trigger, name='validation')
     snapshot_trigger = any_of(
@@ -368,8 +402,15 @@ def run(args, comm):
 def main(argv=None):
     args = parse_args(argv)
     comm = chainerkfac.create_communicator('mpi')
+    device = None
+    if args.gpu:
+        device = device_module.select_gpu_or_exit(
+            'train_imagenet.py', comm, use_tensor_core=args.use_tensor_core)
+        if comm.rank == 0:
+            print('rank 0 of {}: {} (every rank: its node-local GPU)'.format(
+                comm.size, device_module.describe(device)), flush=True)
     try:
-        return run(args, comm)
+        return run(args, comm, device)
     except UsageError as e:
         sys.stderr.write('train_imagenet.py: error (rank {}): {}\n'.format(
             comm.rank, e))

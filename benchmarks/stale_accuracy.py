@@ -7,6 +7,9 @@ reports test accuracy, the fraction of statistics refreshed over the run
 and the wall time of each. Target: |difference| <= 0.5 percentage points.
 
     .venv/bin/python benchmarks/stale_accuracy.py [--steps 90] [--arch demo]
+
+``--gpu`` trains and evaluates on GPU 0 (the data stay on the CPU; each
+batch is sent); it has not run on a GPU from this repository's machines yet.
 """
 import argparse
 import copy
@@ -14,31 +17,40 @@ import os
 import sys
 import time
 
-import chainer
-import chainer.functions as F
-import numpy
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+# chainerkfac before chainer: it makes Chainer 7.8.1 import on NumPy 2 (the
+# CuPy 14 stack; chainerkfac/_compat.py)
 import chainerkfac  # NOQA: E402
+import chainer  # NOQA: E402
+import chainer.functions as F  # NOQA: E402
+import numpy  # NOQA: E402
 from chainerkfac.datasets import load_fashion_mnist  # NOQA: E402
+from chainerkfac.training import device as device_module  # NOQA: E402
 from models import small_cnn  # NOQA: E402
 
 ARCHS = {'demo': small_cnn.DemoCNN, 'small': small_cnn.SmallCNN}
 
 
-def accuracy(model, x, t, batchsize=2000):
+def to(device, array):
+    return array if device is None else device.send(array)
+
+
+def accuracy(model, x, t, batchsize=2000, device=None):
     correct = 0
     with chainer.using_config('train', False), chainer.no_backprop_mode():
         for i in range(0, len(x), batchsize):
-            y = model(x[i:i + batchsize]).array
+            y = chainer.backends.cuda.to_cpu(
+                model(to(device, x[i:i + batchsize])).array)
             correct += int((y.argmax(axis=1) == t[i:i + batchsize]).sum())
     return correct / len(x)
 
 
-def train(base, settings, x, t, steps, batchsize, seed):
+def train(base, settings, x, t, steps, batchsize, seed, device=None):
     model = copy.deepcopy(base)
+    if device is not None:
+        model.to_device(device)
     opt = chainerkfac.KFAC(**settings)
     opt.setup(model)
     order = numpy.random.RandomState(seed)
@@ -53,9 +65,10 @@ def train(base, settings, x, t, steps, batchsize, seed):
 
         def lossfun(xb, tb):
             return F.softmax_cross_entropy(model(xb), tb)
-        opt.update(lossfun, x[idx], t[idx])
+        opt.update(lossfun, to(device, x[idx]), to(device, t[idx]))
         refreshed.append(sum(len(b.due) for b in opt.fisher_blocks) / sum(
             len(b.statistic_names) for b in opt.fisher_blocks))
+    device_module.synchronize(device)
     return model, time.perf_counter() - start, float(numpy.mean(refreshed))
 
 
@@ -68,7 +81,13 @@ def main():
     parser.add_argument('--damping', type=float, default=3e-3)
     parser.add_argument('--cov-ema-decay', type=float, default=0.1)
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--gpu', action='store_true',
+                        help='on GPU 0 (CuPy); stops with one line without')
     args = parser.parse_args()
+    device = None
+    if args.gpu:
+        device = device_module.select_gpu_or_exit('stale_accuracy.py')
+        print(device_module.describe(device), flush=True)
     x, t = load_fashion_mnist('train')
     xt, tt = load_fashion_mnist('test')
     numpy.random.seed(args.seed)
@@ -79,8 +98,10 @@ def main():
     for name, extra in (('every step', dict(stale=False)),
                         ('stale', dict(stale=True))):
         model, seconds, frac = train(base, dict(common, **extra), x, t,
-                                     args.steps, args.batchsize, args.seed)
-        rows.append((name, accuracy(model, xt, tt), frac, seconds))
+                                     args.steps, args.batchsize, args.seed,
+                                     device)
+        rows.append((name, accuracy(model, xt, tt, device=device), frac,
+                     seconds))
         print('{:<11} test accuracy {:.4f}  refreshed {:.3f}  wall {:.0f} s'
               .format(*rows[-1]), flush=True)
     diff = 100 * (rows[1][1] - rows[0][1])

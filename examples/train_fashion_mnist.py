@@ -1,10 +1,14 @@
 #!/usr/bin/env python
-"""Trains a small CNN on Fashion-MNIST with K-FAC (or momentum SGD) on CPU.
+"""Trains a small CNN on Fashion-MNIST with K-FAC (or momentum SGD).
 
 Data: Debian's ``dataset-fashion-mnist`` (60k train / 10k test, 28x28).
 Example::
 
     python examples/train_fashion_mnist.py --epoch 3 --out result/fmnist
+
+CPU by default; ``--gpu`` trains on GPU 0 (CuPy), or stops with one line saying
+what is missing. The GPU path has not run on a GPU from this repository's
+machines yet (``scripts/gpu_check.sh`` runs it on one).
 """
 import argparse
 import os
@@ -12,16 +16,19 @@ import sys
 import time
 import warnings
 
-import chainer
-import chainer.links as L
-import numpy
-from chainer import training
-from chainer.training import extensions
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+# chainerkfac before chainer: it makes Chainer 7.8.1 import on NumPy 2 (the
+# CuPy 14 stack; chainerkfac/_compat.py)
 import chainerkfac  # NOQA: E402
+import chainer  # NOQA: E402
+import chainer.links as L  # NOQA: E402
+import numpy  # NOQA: E402
+from chainer import training  # NOQA: E402
+from chainer.training import extensions  # NOQA: E402
+
 from chainerkfac.datasets import get_fashion_mnist  # NOQA: E402
+from chainerkfac.training import device as device_module  # NOQA: E402
 from models import small_cnn  # NOQA: E402
 
 
@@ -43,6 +50,8 @@ def parse_args(argv=None):
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--out', default='result/fashion_mnist')
     p.add_argument('--no-progress', action='store_true')
+    p.add_argument('--gpu', action='store_true',
+                   help='train on GPU 0 (CuPy); stops with one line without')
     return p.parse_args(argv)
 
 
@@ -57,20 +66,27 @@ def make_optimizer(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    device = None
+    if args.gpu:
+        device = device_module.select_gpu_or_exit('train_fashion_mnist.py')
+        print(device_module.describe(device), flush=True)
     numpy.random.seed(args.seed)
     train = get_fashion_mnist('train', limit=args.train_limit)
     test = get_fashion_mnist('test', limit=args.test_limit)
     net = small_cnn.DemoCNN() if args.arch == 'demo' else small_cnn.SmallCNN()
     model = L.Classifier(net)
+    if device is not None:
+        model.to_device(device)   # before setup: the optimizer state too
     optimizer = make_optimizer(args)
     optimizer.setup(model)
 
     train_iter = chainer.iterators.SerialIterator(train, args.batchsize)
     test_iter = chainer.iterators.SerialIterator(test, 1000, repeat=False,
                                                  shuffle=False)
-    updater = training.StandardUpdater(train_iter, optimizer)
+    updater = training.StandardUpdater(train_iter, optimizer,
+                                       input_device=device)
     trainer = training.Trainer(updater, (args.epoch, 'epoch'), out=args.out)
-    trainer.extend(extensions.Evaluator(test_iter, model))
+    trainer.extend(extensions.Evaluator(test_iter, model, device=device))
     trainer.extend(extensions.LogReport())
     trainer.extend(extensions.observe_lr())
     trainer.extend(extensions.PrintReport(

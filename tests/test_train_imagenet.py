@@ -14,9 +14,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, 'train_imagenet.py')
 
 
-def run_script(n, args, timeout=240):
+def run_script(n, args, timeout=240, **env_extra):
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1',
-               PYTHONPATH=ROOT)
+               PYTHONPATH=ROOT, **env_extra)
     cmd = ([MPIEXEC, '-n', str(n)] if n else []) + [
         sys.executable, '-W', 'ignore', SCRIPT] + [str(a) for a in args]
     try:
@@ -158,3 +158,89 @@ def test_fp16_training_with_fp32_master_weights(data, tmp_path):
     with numpy.load(str(tmp_path / 'out' / 'snapshot_iter_2_rank0')) as f:
         w = f['updater/model:main/predictor/fc/W']
     assert w.dtype == numpy.float16 and numpy.isfinite(w).all()
+
+
+# --gpu: without a GPU (forced with CUDA_VISIBLE_DEVICES='', so that this
+# holds on a GPU machine too) one line and exit status 2 on every rank; the
+# runs on a GPU are marked ``gpu`` and skipped without one (they have not run
+# on a GPU from this repository's machines yet: scripts/gpu_check.sh runs them).
+
+def gpu_problem():
+    from chainerkfac.training import device
+    return device.gpu_problem()
+
+
+needs_gpu = pytest.mark.skipif(gpu_problem() is not None,
+                               reason='no usable GPU: {}'.format(gpu_problem()))
+
+
+@pytest.mark.parametrize('n', [0, 2])
+def test_gpu_without_a_gpu_is_one_line_on_every_rank(data, tmp_path, n):
+    result = run_script(n, base_args(data, str(tmp_path), iterations=1) +
+                        ['--gpu'], CUDA_VISIBLE_DEVICES='')
+    assert result.returncode == 2, result.stdout
+    assert 'Traceback' not in result.stdout, result.stdout
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    errors = [line for line in lines if 'no usable GPU' in line]
+    assert len(errors) == 1, result.stdout
+    assert errors[0].startswith('train_imagenet.py: error{}: --gpu: '.format(
+        ' (rank 0)' if n else '')), result.stdout
+    import importlib.util
+    if importlib.util.find_spec('cupy') is None:   # nothing else at all
+        assert lines == errors, result.stdout
+    assert not os.path.exists(str(tmp_path / 'config.json'))
+
+
+def model_arrays(path):
+    with numpy.load(path) as f:
+        return {k: f[k] for k in f.files if k.startswith('updater/model:')}
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_gpu_training_matches_cpu_training(data, tmp_path):
+    """Two K-FAC steps (mixup, erasing, weight rescaling: the tiny config) on
+    the GPU and on the CPU from the same seed and batches."""
+    results = {}
+    for where in ('cpu', 'gpu'):
+        out = str(tmp_path / where)
+        args = base_args(data, out, iterations=2, loaderjob='0')
+        result = run_script(0, args + (['--gpu'] if where == 'gpu' else []))
+        assert result.returncode == 0, result.stdout
+        results[where] = model_arrays(os.path.join(out,
+                                                   'snapshot_iter_2_rank0'))
+    assert results['cpu'].keys() == results['gpu'].keys()
+    for k, cpu in results['cpu'].items():
+        scale = max(float(abs(cpu).max()), 1e-6)
+        numpy.testing.assert_allclose(results['gpu'][k], cpu, rtol=1e-3,
+                                      atol=1e-3 * scale, err_msg=k)
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_gpu_fp16_training(data, tmp_path):
+    cfg = image_fixtures.write_config(str(tmp_path / 'fp16.json'), fp16=True,
+                                      loss_scale=128.0)
+    args = base_args(data, str(tmp_path / 'out'), iterations=2)
+    args[args.index('--config') + 1] = cfg
+    result = run_script(0, args + ['--gpu', '--use_tensor_core'])
+    assert result.returncode == 0, result.stdout
+    assert 'use_cudnn_tensor_core=always' in result.stdout, result.stdout
+    arrays = model_arrays(str(tmp_path / 'out' / 'snapshot_iter_2_rank0'))
+    w = arrays['updater/model:main/predictor/fc/W']
+    assert w.dtype == numpy.float16
+    assert all(numpy.isfinite(a).all() for a in arrays.values())
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_gpu_two_ranks_need_two_gpus(data, tmp_path):
+    import cupy
+    if cupy.cuda.runtime.getDeviceCount() >= 2:
+        pytest.skip('this node has two GPUs or more')
+    result = run_script(2, base_args(data, str(tmp_path), iterations=1) +
+                        ['--gpu'])
+    assert result.returncode == 2, result.stdout
+    assert 'Traceback' not in result.stdout, result.stdout
+    assert result.stdout.count('no usable GPU') == 1, result.stdout
+    assert '2 processes on this node need one GPU each' in result.stdout
