@@ -200,7 +200,13 @@ export GPU_CHECK_WORK
 exec > >(tee -a "$log") 2>&1
 tee_pid=$!
 
-tree="$(git rev-parse HEAD 2>/dev/null || echo 'no git metadata on this machine')"
+if git rev-parse HEAD >/dev/null 2>&1; then
+  tree="commit $(git rev-parse HEAD)"
+elif [ -f "$GPU_CHECK_WHEELS/TREE" ]; then   # written by prepare_gpu_machine.sh
+  tree="no git metadata here; wheels prepared at $(tr '\n' ';' < "$GPU_CHECK_WHEELS/TREE")"
+else
+  tree="no git metadata on this machine"
+fi
 names=() statuses=() seconds=()
 failed=0
 : > "$GPU_CHECK_WORK/sections.md"

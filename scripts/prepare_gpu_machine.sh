@@ -58,6 +58,13 @@ pip_download=(.venv/bin/python -m pip download -q --disable-pip-version-check
   "pillow==$(pin pillow)" "setuptools<70"
 "${pip_download[@]}" "pytest==$(pin pytest)" "pytest-timeout==$(pin pytest-timeout)"
 
+# which tree these were prepared for (the GPU machine's copy has no .git)
+{
+  echo "commit $(git rev-parse HEAD 2>/dev/null || echo unknown)"
+  echo "uncommitted changes: $(git status --short 2>/dev/null | grep -vc '^??' || true)"
+  echo "prepared (UTC): $(date -u '+%Y-%m-%d %H:%M:%S')"
+} > "$dest/TREE"
+
 # one version of each (a second one would stop the install there)
 dups="$(ls "$dest"/*.whl | xargs -n1 basename | cut -d- -f1 | tr 'A-Z-' 'a-z_' | sort | uniq -d)"
 if [ -n "$dups" ]; then
