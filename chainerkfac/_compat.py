@@ -1,27 +1,52 @@
-"""Run Chainer 7.8.1 on NumPy 2 (needed by CuPy 14) without editing installed files.
+"""Run Chainer 7.8.1 and ChainerMN on NumPy 2, Python 3.12 and CuPy 14.
 
-Import this module before ``chainer`` (``chainerkfac/__init__.py`` does). On NumPy 1.x
-:func:`patch_numpy_for_chainer` changes nothing. On NumPy 2 it restores only what
-Chainer 7.8.1 itself needs (found by grepping and running Chainer on NumPy 2.0-2.4):
+The one place for compatibility patches; nothing installed is edited. Import this
+module before ``chainer`` (``chainerkfac/__init__.py`` does). Each patch mends one
+breakage, applies only where that breakage can occur (or is a no-op elsewhere, as
+said), is idempotent, and is tested in ``tests/test_compat.py``.
 
-* ``numpy.sctypes`` (removed in NumPy 2.0): ``chainer/functions/array/as_strided.py``
-  reads ``np.sctypes['int']`` at import time, so ``import chainer`` fails without it,
-  and ``np.sctypes['float']`` in ``F.as_strided``'s backward. Rebuilt exactly as
-  NumPy 1.x built it (a dict of lists of scalar types).
-* ``numpy.distutils.system_info`` (NumPy ships no ``numpy.distutils`` for
-  Python >= 3.12): ``chainer/_environment_check.py`` imports it at import time and
-  calls ``get_info('blas_opt')`` only on macOS. Only when the real module cannot be
-  imported, a stub module whose ``get_info`` returns ``{}`` ("nothing found") is put
-  in ``sys.modules``.
+NumPy, patched at once (before Chainer is imported), by :func:`patch_numpy_for_chainer`:
+
+1. ``numpy.sctypes`` (removed in NumPy 2.0): ``chainer/functions/array/as_strided.py``
+   reads ``np.sctypes['int']`` at import time, so ``import chainer`` fails without it,
+   and ``np.sctypes['float']`` in ``F.as_strided``'s backward. Rebuilt exactly as
+   NumPy 1.x built it (a dict of lists of scalar types). NumPy 2 only.
+2. ``numpy.distutils.system_info``: ``chainer/_environment_check.py`` imports it at
+   import time and calls ``get_info('blas_opt')`` only on macOS. NumPy ships no
+   ``numpy.distutils`` for Python >= 3.12, NumPy 1.26 included. Whenever the real
+   module cannot be imported, a stub module whose ``get_info`` returns ``{}``
+   ("nothing found") is put in ``sys.modules``; where it can (Python 3.11), it is
+   imported here, its deprecation warning silenced, and left alone.
+
+ChainerMN's ``chainermn.communicators._memory_utility``, patched when that module is
+imported (an import hook installed here; at once if it already was), by
+:func:`patch_chainermn_memory_utility`:
+
+3. ``half`` in the batched pack/unpack kernels (``_cupy_batched_pack_params`` and
+   ``_cupy_batched_unpack_params``, CUDA sources compiled by ``chainer.cuda.raw``):
+   they use ``half`` and include only ``<cupy/carray.cuh>``. CuPy <= 13's carray.cuh
+   includes ``<cuda_fp16.h>`` (which defines ``half``); CuPy 14's moved it to
+   ``cupy/float16.cuh``, so NVRTC fails with ``identifier "half" is undefined``.
+   The sources get ``#include <cuda_fp16.h>`` in front. Unconditional, because
+   harmless: the header has include guards, CuPy <= 13 includes it anyway, and
+   CuPy 14 resolves it for its own float16.cuh. Used by ChainerMN's flat and
+   pure-NCCL communicators (batched copies), not by chainerkfac's own communicator.
+4. ``copy=False`` in ``unpack_params``: ``xp.array(v, copy=False, dtype=other)`` (only
+   with a transfer dtype other than the parameter's, e.g. an fp16
+   ``allreduce_grad_dtype``) meant "copy only if needed" in NumPy 1 / CuPy 13 and
+   raises ``ValueError`` in NumPy 2 / CuPy 14, where a copy is needed (it always is
+   here: the dtype differs). ``unpack_params`` is rebuilt from its own code with a
+   view of ``chainer`` whose ``backend.get_array_module`` returns the array module
+   with ``array(..., copy=False)`` mapped to ``asarray(...)``, the NumPy-1 meaning.
+   Unconditional: identical behaviour where the old call worked.
 
 Not restored: ``numpy.float`` (read by ``F.resize_images``; removed in NumPy 1.24, so
 broken on NumPy 1.26 too), the ``numpy.Inf``/``NaN``/... aliases (read only by
-``chainerx``, which a pure-Python Chainer build disables), and behaviour changes that no
-attribute can bring back: ``numpy.meshgrid`` returns a tuple, so
-``chainer.distributions.Categorical.log_prob`` raises ``TypeError``; and
-``xp.array(v, copy=False, dtype=other)`` in ``chainermn/communicators/_memory_utility.py``
-(only with an ``allreduce_grad_dtype`` other than the parameters' dtype) raises
-``ValueError`` under NumPy 2 copy semantics.
+``chainerx``, which a pure-Python Chainer build disables), and
+``numpy.meshgrid`` returning a tuple (``chainer.distributions.Categorical.log_prob``
+raises ``TypeError``). CuPy 14 has no ``cupy.cudnn``: Chainer then convolves without
+cuDNN and warns once, at its first GPU use (``CHAINER_CUDNN=0`` silences it); nothing
+to patch.
 
 ``pkg_resources`` is not shimmed: ``import chainer`` (``_environment_check.py``) and
 ``chainer.testing``/``chainer.gradient_check`` import it and use its API, so
@@ -30,19 +55,29 @@ attribute can bring back: ``numpy.meshgrid`` returns a tuple, so
 checked).
 """
 
+import functools
+import importlib
+import importlib.abc
 import importlib.machinery
 import importlib.util
 import sys
 import types
+import warnings
 
 import numpy
 
 _SUPPORTED_CHAINER = '7.8.'
+_MEMORY_UTILITY = 'chainermn.communicators._memory_utility'
+_FP16_INCLUDE = '#include <cuda_fp16.h>\n'
+_HALF_KERNELS = ('_cupy_batched_pack_params', '_cupy_batched_unpack_params')
+_PATCHED = '_chainerkfac_compat_patched'
 
 
 def _numpy_major():
     return int(numpy.__version__.split('.')[0])
 
+
+# --- 1. numpy.sctypes ------------------------------------------------------------
 
 def _sctypes():
     """``numpy.sctypes`` as NumPy 1.x's ``numerictypes._set_array_types`` built it."""
@@ -69,6 +104,8 @@ def _sctypes():
     return sctypes
 
 
+# --- 2. numpy.distutils.system_info -------------------------------------------------
+
 def _importable(name):
     """Whether `import name` can succeed, without importing it."""
     if name in sys.modules:
@@ -85,9 +122,22 @@ def _stub_module(name, doc):
     return module
 
 
+def _imports(name):
+    """Import `name` as Chainer will (warnings silenced); whether that worked."""
+    if sys.modules.get(name) is not None:
+        return True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # numpy.distutils' deprecation warning
+            importlib.import_module(name)
+        return True
+    except Exception:  # ImportError; or a numpy.distutils broken some other way
+        return False
+
+
 def _stub_numpy_distutils_system_info():
-    """Stub numpy.distutils.system_info where NumPy ships none; True if stubbed."""
-    if 'numpy.distutils.system_info' in sys.modules or _importable('numpy.distutils'):
+    """Stub numpy.distutils.system_info where it cannot be imported; True if stubbed."""
+    if _imports('numpy.distutils.system_info'):
         return False  # the real one (Python <= 3.11): Chainer imports it itself
     distutils = sys.modules.get('numpy.distutils')
     if distutils is None:
@@ -124,21 +174,192 @@ def _check_pkg_resources():
 
 
 def patch_numpy_for_chainer():
-    """Restore what Chainer 7.8.1 needs from NumPy 1 (see the module docstring).
+    """Patches 1 and 2 (see the module docstring), before Chainer is imported.
 
-    Idempotent; does nothing on NumPy 1.x. Returns the names it added.
+    Idempotent. Changes nothing on NumPy 1.x with a working numpy.distutils
+    (Python 3.11). Returns the names it added.
     """
     _check_pkg_resources()
-    if _numpy_major() < 2:
-        return []
-    _check_chainer_version()
     added = []
-    if 'sctypes' not in vars(numpy):
-        numpy.sctypes = _sctypes()
-        added.append('numpy.sctypes')
+    if _numpy_major() >= 2:
+        _check_chainer_version()
+        if 'sctypes' not in vars(numpy):
+            numpy.sctypes = _sctypes()
+            added.append('numpy.sctypes')
     if _stub_numpy_distutils_system_info():
         added.append('numpy.distutils.system_info')
     return added
 
 
+# --- 3. and 4. ChainerMN's _memory_utility -------------------------------------------
+
+def kernel_source(build):
+    """``(source, name)`` that a ChainerMN kernel builder passes to ``chainer.cuda.raw``.
+
+    `build` is ``_cupy_batched_pack_params`` or ``_cupy_batched_unpack_params`` (as
+    found in the module: patched or not). Runs its code with a ``chainer`` whose
+    ``cuda.raw`` only records, so nothing is compiled and no GPU is needed.
+    """
+    calls = []
+    chainer_module = build.__globals__['chainer']
+
+    def raw(code, name, *args, **kwargs):
+        calls.append((code, name))
+
+    recorder = _Overlay(chainer_module, cuda=_Overlay(chainer_module.cuda, raw=raw))
+    types.FunctionType(build.__code__, dict(build.__globals__, chainer=recorder),
+                       build.__name__, build.__defaults__, build.__closure__)()
+    (code, name), = calls
+    return code, name
+
+
+class _Overlay(object):
+    """`base`'s attributes, except those given as keyword arguments."""
+
+    def __init__(self, base, **overrides):
+        self.__dict__.update(overrides)
+        self._base = base
+
+    def __getattr__(self, name):
+        return getattr(self._base, name)
+
+
+def _raw_with_fp16_header():  # the patched builders' code; globals set per kernel
+    # chainer.cuda.raw compiles (and memoizes per source and name) the kernel.
+    return chainer.cuda.raw(code, name)  # noqa: F821 (globals given below)
+
+
+def _with_fp16_header(module, attr):
+    """Patch 3 for one kernel builder; True if patched."""
+    build = getattr(module, attr)
+    if getattr(build, _PATCHED, False):
+        return False
+    code, name = kernel_source(build)
+    if 'half' not in code or _FP16_INCLUDE in code:
+        return False
+    # A plain function of its own globals, so kernel_source() can read it too.
+    patched = types.FunctionType(
+        _raw_with_fp16_header.__code__,
+        {'chainer': module.chainer, 'code': _FP16_INCLUDE + code, 'name': name},
+        attr)
+    patched.__qualname__ = attr
+    patched.__wrapped__ = build
+    setattr(patched, _PATCHED, True)
+    setattr(module, attr, patched)
+    return True
+
+
+class _CopyOnlyIfNeeded(object):
+    """An array module whose ``array(x, copy=False, ...)`` is ``asarray(x, ...)``."""
+
+    def __init__(self, xp):
+        self._xp = xp
+
+    def array(self, obj, *args, **kwargs):
+        if 'copy' in kwargs and kwargs['copy'] is False:
+            del kwargs['copy']
+            return self._xp.asarray(obj, *args, **kwargs)
+        return self._xp.array(obj, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._xp, name)
+
+
+def _unpack_params_copy_if_needed(module):
+    """Patch 4; True if patched."""
+    unpack = module.unpack_params
+    if getattr(unpack, _PATCHED, False):
+        return False
+    chainer = module.chainer
+
+    def get_array_module(*args):
+        return _CopyOnlyIfNeeded(chainer.backend.get_array_module(*args))
+
+    # The function's own code, seeing this `chainer` (it uses only
+    # chainer.backend.get_array_module) instead of the real one.
+    view = _Overlay(chainer, backend=_Overlay(chainer.backend,
+                                              get_array_module=get_array_module))
+    patched = types.FunctionType(unpack.__code__, dict(unpack.__globals__, chainer=view),
+                                 unpack.__name__, unpack.__defaults__,
+                                 unpack.__closure__)
+    patched.__doc__ = unpack.__doc__
+    patched.__wrapped__ = unpack
+    setattr(patched, _PATCHED, True)
+    module.unpack_params = patched
+    return True
+
+
+def patch_chainermn_memory_utility(module=None):
+    """Patches 3 and 4 on ``chainermn.communicators._memory_utility``.
+
+    `module` defaults to the imported one. Idempotent; returns the names patched.
+    A patch that does not fit (another ChainerMN) is skipped with a warning rather
+    than breaking the import.
+    """
+    if module is None:
+        module = sys.modules[_MEMORY_UTILITY]
+    steps = [(attr, functools.partial(_with_fp16_header, module, attr))
+             for attr in _HALF_KERNELS]
+    steps.append(('unpack_params', functools.partial(_unpack_params_copy_if_needed,
+                                                     module)))
+    patched = []
+    for attr, patch in steps:
+        try:
+            if patch():
+                patched.append('%s.%s' % (_MEMORY_UTILITY, attr))
+        except Exception as e:  # pragma: no cover (a ChainerMN other than 7.8.1)
+            warnings.warn('chainerkfac._compat: %s.%s left unpatched (%s: %s)'
+                          % (_MEMORY_UTILITY, attr, type(e).__name__, e))
+    return patched
+
+
+class _PatchOnImport(importlib.abc.MetaPathFinder):
+    """Runs ``patch(module)`` right after module `name` is executed by an import."""
+
+    def __init__(self, name, patch):
+        self.name = name
+        self.patch = patch
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != self.name:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, 'find_spec'):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        if spec.loader is not None and hasattr(spec.loader, 'exec_module'):
+            spec.loader = _PatchingLoader(spec.loader, self.patch)
+        return spec
+
+
+class _PatchingLoader(importlib.abc.Loader):
+    def __init__(self, loader, patch):
+        self._loader = loader
+        self._patch = patch
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        self._loader.exec_module(module)
+        self._patch(module)
+
+    def __getattr__(self, name):  # get_source, get_filename, ... (tracebacks)
+        return getattr(self._loader, name)
+
+
+def _install_chainermn_patches():
+    if sys.modules.get(_MEMORY_UTILITY) is not None:
+        patch_chainermn_memory_utility(sys.modules[_MEMORY_UTILITY])
+    elif not any(isinstance(f, _PatchOnImport) and f.name == _MEMORY_UTILITY
+                 for f in sys.meta_path):
+        sys.meta_path.insert(0, _PatchOnImport(_MEMORY_UTILITY,
+                                               patch_chainermn_memory_utility))
+
+
 patch_numpy_for_chainer()
+_install_chainermn_patches()

@@ -1,9 +1,18 @@
 #!/usr/bin/env bash
 # The project's test command (README, .ci/run). Sets up .venv if needed and runs
-# the whole suite on the supported CPU stack (Python 3.11, NumPy 1.26); then,
-# unless arguments select tests or CHAINERKFAC_SKIP_NUMPY2=1, runs the NumPy-2
-# leg (.venv-numpy2, the stack CuPy 14 needs) on the compatibility layer and
-# the optimizer's numerics. Fails when a test fails or when no test ran.
+# the whole suite on the supported CPU stack (Python 3.11, NumPy 1.26). Then,
+# unless arguments select tests, the other legs of the import matrix, each venv
+# built once by scripts/bootstrap.sh:
+#   NumPy 2  (.venv-numpy2: NumPy 2 and CuPy 14 without a GPU, the CPU stand-in
+#            for the GPU stack): the compatibility layer and the optimizer's
+#            numerics, then every GPU-marked test, which must skip (no device);
+#            CHAINERKFAC_SKIP_NUMPY2=1 leaves this leg out;
+#   Python 3.12 (.venv-py312: NumPy 1.26, no numpy.distutils; .venv-py312-numpy2):
+#            tests/test_compat.py; skipped, with a message naming the missing
+#            interpreter, where no Python 3.12 is found (CHAINERKFAC_PYTHON312
+#            names one); CHAINERKFAC_SKIP_PY312=1 leaves these legs out.
+# Fails when a test fails, when a venv cannot be built, or when a pytest run ran
+# no test.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -24,11 +33,39 @@ run_pytest() {  # run_pytest PYTHON ARGS...: pytest, treating "no tests" as fail
 
 rc=0
 run_pytest .venv/bin/python "$@" || rc=$?
-if [ "$#" -eq 0 ] && [ "${CHAINERKFAC_SKIP_NUMPY2:-0}" != 1 ]; then
-  echo "== NumPy 2 leg ==" >&2
-  bash scripts/numpy2_env.sh
-  run_pytest .venv-numpy2/bin/python tests/test_compat.py \
-    tests/test_linalg.py tests/test_step_bruteforce.py \
-    tests/test_kfac_optimizer.py tests/test_non_positive_definite.py || rc=$?
+[ "$#" -eq 0 ] || exit "$rc"
+
+if [ "${CHAINERKFAC_SKIP_NUMPY2:-0}" != 1 ]; then
+  echo "== NumPy 2 leg (.venv-numpy2: NumPy 2, CuPy 14, no GPU) ==" >&2
+  if bash scripts/numpy2_env.sh; then
+    run_pytest .venv-numpy2/bin/python tests/test_compat.py \
+      tests/test_linalg.py tests/test_step_bruteforce.py \
+      tests/test_kfac_optimizer.py tests/test_non_positive_definite.py || rc=$?
+    echo "== GPU-marked tests with CuPy and no device: they must skip ==" >&2
+    run_pytest .venv-numpy2/bin/python -m gpu -rs tests || rc=$?
+  else
+    echo "scripts/test.sh: could not build .venv-numpy2" >&2
+    rc=1
+  fi
+fi
+
+if [ "${CHAINERKFAC_SKIP_PY312:-0}" != 1 ]; then
+  for leg in py312 py312-numpy2; do
+    echo "== Python 3.12 leg (.venv-$leg) ==" >&2
+    status=0
+    CHAINERKFAC_VENV="$root/.venv-$leg" CHAINERKFAC_REQUIREMENTS="$root/requirements-$leg.txt" \
+      CHAINERKFAC_PYTHON_VERSION=3.12 PYTHON="${CHAINERKFAC_PYTHON312:-}" \
+      bash scripts/bootstrap.sh || status=$?
+    if [ "$status" -eq 3 ]; then
+      echo "scripts/test.sh: SKIPPED the Python 3.12 legs: no Python 3.12 interpreter" \
+        "(bootstrap.sh says where it looked; CHAINERKFAC_PYTHON312=/path/to/python3.12 names one)" >&2
+      break
+    elif [ "$status" -ne 0 ]; then
+      echo "scripts/test.sh: could not build .venv-$leg" >&2
+      rc=1
+      continue
+    fi
+    run_pytest ".venv-$leg/bin/python" tests/test_compat.py || rc=$?
+  done
 fi
 exit "$rc"

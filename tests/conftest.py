@@ -9,6 +9,40 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 
+def gpu_unavailable_reason():
+    """Why tests marked ``gpu`` cannot run here, or None when they can.
+
+    They need CuPy to import and ``cupy.is_available()`` (a CUDA device that the
+    driver exposes). With CuPy installed but no driver, ``import cupy`` works;
+    ``cupy.is_available()`` is False with CuPy 14 and raises with CuPy 13, and
+    ``cupy.cuda.runtime.getDeviceCount()`` raises with both.
+    """
+    try:
+        import cupy
+    except Exception as e:  # ImportError, or a CUDA library that fails to load
+        first_line = (str(e).splitlines() or [''])[0]
+        return 'no CuPy (import cupy: %s: %s)' % (type(e).__name__, first_line)
+    try:
+        available = cupy.is_available()
+    except Exception as e:  # CuPy 13 without a driver: cudaErrorInsufficientDriver
+        return 'no CUDA device (CuPy %s: cupy.is_available() raised %s: %s)' % (
+            cupy.__version__, type(e).__name__, e)
+    if not available:
+        return 'no CUDA device (CuPy %s imports, cupy.is_available() is False)' % (
+            cupy.__version__)
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    gpu_items = [item for item in items if item.get_closest_marker('gpu')]
+    if not gpu_items:
+        return  # no CuPy import unless a GPU test was collected
+    reason = gpu_unavailable_reason()
+    if reason is not None:
+        for item in gpu_items:
+            item.add_marker(pytest.mark.skip(reason='gpu test: ' + reason))
+
+
 @pytest.fixture
 def rng():
     return numpy.random.RandomState(0)
