@@ -14,23 +14,28 @@ Two schedules share this interface:
 - :class:`StaleSchedule`: SP-NGD's stale statistics, an interval per
   statistic adapted to how much that statistic changes.
 """
-import math
-
+import numpy
 from chainer import backend
 
 
 def relative_change(new, old, weight=1.0):
-    """``weight * ||new - old||_F / ||old||_F`` (inf when ``old`` is 0).
+    """``weight * ||new - old||_F / ||old||_F`` (inf when ``old`` is 0 and
+    ``new`` is not, 0 when both are), as a 0-d array on the arrays' device:
+    nothing is read back to the host.
 
     With ``weight`` the EMA's weight of the newest statistic this is the
     relative change of the EMA that ``new`` causes.
     """
     xp = backend.get_array_module(new)
-    denominator = float(xp.sqrt((old * old).sum()))
-    numerator = float(xp.sqrt(((new - old) ** 2).sum()))
-    if denominator == 0:
-        return 0.0 if numerator == 0 else math.inf
-    return weight * numerator / denominator
+    denominator = xp.sqrt((old * old).sum())
+    numerator = xp.sqrt(((new - old) ** 2).sum())
+    zero = denominator == 0
+    # A non-finite statistic gives NaN (its interval then shrinks); the
+    # block warns about it, so NumPy's own warning is silenced.
+    with numpy.errstate(invalid='ignore'):
+        ratio = numerator / xp.where(zero, 1, denominator)
+    return xp.where(zero, xp.where(numerator == 0, 0, xp.inf),
+                    weight * ratio)
 
 
 class Schedule(object):

@@ -19,17 +19,24 @@ def test_add_diagonal_copies(rng):
     numpy.testing.assert_allclose(out, before + 0.5 * numpy.eye(4))
 
 
-def test_pi_tracenorm_matches_definition(rng):
+@pytest.mark.parametrize('dtype', [numpy.float32, numpy.float64])
+def test_pi_tracenorm_matches_definition(rng, dtype):
     a, g = random_psd(rng, 5), random_psd(rng, 3) * 7
     expected = numpy.sqrt((numpy.trace(a) / 5) / (numpy.trace(g) / 3))
-    assert linalg.pi_tracenorm(a, g) == pytest.approx(expected, rel=1e-12)
+    pi = linalg.pi_tracenorm(a.astype(dtype), g.astype(dtype))
+    assert pi.shape == () and pi.dtype == dtype  # stays an array: no host read
+    rel = 1e-12 if dtype == numpy.float64 else 1e-6
+    assert float(pi) == pytest.approx(expected, rel=rel)
 
 
-@pytest.mark.parametrize('degenerate', ['zero', 'nan'])
+@pytest.mark.parametrize('degenerate', ['zero', 'nan', 'inf'])
 def test_pi_tracenorm_degenerate_is_one(rng, degenerate):
-    a = numpy.zeros((3, 3)) if degenerate == 'zero' else numpy.full((3, 3), numpy.nan)
-    assert linalg.pi_tracenorm(a, random_psd(rng, 2)) == 1.0
-    assert linalg.pi_tracenorm(random_psd(rng, 2), a) == 1.0
+    value = {'zero': 0.0, 'nan': numpy.nan, 'inf': numpy.inf}[degenerate]
+    a = numpy.full((3, 3), value)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # no invalid-value warnings either
+        assert float(linalg.pi_tracenorm(a, random_psd(rng, 2))) == 1.0
+        assert float(linalg.pi_tracenorm(random_psd(rng, 2), a)) == 1.0
 
 
 @pytest.mark.parametrize('dtype', [numpy.float32, numpy.float64])
@@ -45,6 +52,37 @@ def test_cholesky_inverse_matches_inv(rng, dtype):
 def test_cholesky_inverse_rejects_indefinite():
     with pytest.raises(linalg.NotPositiveDefiniteError):
         linalg.cholesky_inverse(numpy.diag([1.0, -1.0]))
+
+
+@pytest.mark.parametrize('bad', ['indefinite', 'nan', 'inf', 'zero'])
+def test_cholesky_inverse_with_status_reports_instead_of_raising(rng, bad):
+    m = random_psd(rng, 4) + numpy.eye(4)
+    if bad == 'indefinite':
+        m[2, 2] = -1.0
+    elif bad == 'zero':
+        m = numpy.zeros((4, 4))
+    else:
+        m[1, 3] = m[3, 1] = numpy.nan if bad == 'nan' else numpy.inf
+    status = numpy.zeros(3, numpy.int32)
+    before = m.copy()
+    linalg.cholesky_inverse(m, status, 1)
+    assert status[1] != 0 and status[0] == 0 and status[2] == 0
+    numpy.testing.assert_array_equal(m, before)  # the input is never touched
+
+
+def test_cholesky_inverse_status_stays_zero_on_success(rng):
+    m = random_psd(rng, 5) + 0.5 * numpy.eye(5)
+    status = numpy.zeros(2, numpy.int32)
+    inv = linalg.cholesky_inverse(m, status, 0)
+    assert list(status) == [0, 0]
+    numpy.testing.assert_allclose(inv @ m, numpy.eye(5), atol=1e-10)
+    numpy.testing.assert_array_equal(inv, inv.T)  # mirrored exactly
+
+
+def test_add_diagonal_takes_a_device_scalar(rng):
+    m = random_psd(rng, 3)
+    out = linalg.add_diagonal(m, numpy.array(0.25))  # a 0-d array, like pi
+    numpy.testing.assert_allclose(out, m + 0.25 * numpy.eye(3))
 
 
 def test_damped_inverse_exact_when_pd(rng):
@@ -74,21 +112,3 @@ def test_damped_inverse_non_finite_raises():
     m[0, 1] = m[1, 0] = numpy.inf
     with pytest.raises(linalg.NotPositiveDefiniteError):
         linalg.damped_inverse(m, 1e-3)
-
-
-def test_symmetric_2x2_inverse_matches_inv(rng):
-    blocks = numpy.stack([random_psd(rng, 2, rank=1) for _ in range(5)])
-    inv, ok = linalg.symmetric_2x2_inverse(blocks, 0.2)
-    assert ok.all()
-    for b, i in zip(blocks, inv):
-        numpy.testing.assert_allclose(i, numpy.linalg.inv(b + 0.2 * numpy.eye(2)),
-                                      rtol=1e-10)
-
-
-def test_symmetric_2x2_inverse_flags_singular(rng):
-    blocks = numpy.stack([numpy.ones((2, 2)), numpy.eye(2)])  # det 0, det 1
-    with warnings.catch_warnings():
-        warnings.simplefilter('error')  # no division warnings either
-        inv, ok = linalg.symmetric_2x2_inverse(blocks, 0.0)
-    assert not ok[0] and ok[1]
-    numpy.testing.assert_allclose(inv[1], numpy.eye(2))

@@ -16,9 +16,13 @@ import nets
 def test_relative_change_definition(rng):
     a, b = rng.randn(3, 3), rng.randn(3, 3)
     expected = 0.5 * numpy.linalg.norm(a - b) / numpy.linalg.norm(b)
-    assert stale.relative_change(a, b, 0.5) == pytest.approx(expected)
-    assert stale.relative_change(b, b) == 0.0
-    assert stale.relative_change(a, numpy.zeros((3, 3))) == float('inf')
+    change = stale.relative_change(a, b, 0.5)
+    assert numpy.shape(change) == ()  # a device scalar: no host read
+    assert float(change) == pytest.approx(expected)
+    assert float(stale.relative_change(b, b)) == 0.0
+    zero = numpy.zeros((3, 3))
+    assert float(stale.relative_change(a, zero)) == float('inf')
+    assert float(stale.relative_change(zero, zero)) == 0.0
 
 
 def test_stale_rule_grows_and_shrinks():

@@ -4,6 +4,8 @@ import warnings
 import chainer
 import numpy
 
+from chainerkfac import linalg
+
 
 def compute_dtype(array):
     """Statistics of fp16 activations are accumulated in fp32, others as is."""
@@ -42,6 +44,12 @@ class FisherBlock(object):
         self._counts = dict.fromkeys(self.statistic_names, 0)
         self._forward_seen = False
         self._warned = set()
+        #: statistic name -> smallest diagonal its damped copy gets: raised
+        #: (sticky) after a damped copy proved not positive definite
+        self.damping_floor = dict.fromkeys(self.statistic_names, 0.0)
+        #: statistic name -> diagonal used by the last inversion (device)
+        self._diagonal = {}
+        self._inverted = ()
         #: statistics to capture in the current update (the schedule's)
         self.due = set(self.statistic_names)
 
@@ -123,10 +131,85 @@ class FisherBlock(object):
             else:
                 self.ema[name] = decay * new + (1 - decay) * old
 
-    def compute_inverses(self, damping, stab_coeff, pi_type, names=None):
-        """Recomputes the inverses of ``names`` (default: all) from
-        :attr:`ema`; never modifies the EMA."""
+    def compute_inverses(self, damping, stab_coeff, pi_type, names, status,
+                         index):
+        """Recomputes the inverses of ``names`` from :attr:`ema` on the
+        device, never modifying the EMA and never reading back to the host.
+
+        Args:
+            status (chainerkfac.step_status.StepStatus): where each inversion
+                writes its status (slot ``status.statistic_slot(index, i)``
+                for ``statistic_names[i]``) and where a failed one raises the
+                block's fallback flag, so this step's update takes the plain
+                gradient.
+            index (int): the block's index among the owned blocks.
+
+        :meth:`settle` then acts on the statuses, on the host.
+        """
         raise NotImplementedError
+
+    def _damped_cholesky_inverse(self, name, factor, diagonal, status,
+                                 index):
+        """``(factor + diagonal I)^-1`` with its status in the step's slot;
+        the diagonal is at least :attr:`damping_floor`."""
+        floor = self.damping_floor[name]
+        if floor:
+            diagonal = (max(diagonal, floor) if isinstance(diagonal, float)
+                        else status.xp.maximum(diagonal, floor))
+        slot = status.statistic_slot(index, self.statistic_names.index(name))
+        self.inverse[name] = linalg.cholesky_inverse(
+            linalg.add_diagonal(factor, diagonal), status.array, slot)
+        self._diagonal[name] = diagonal
+        status.flag_fallback_if(index, status.array[slot] != 0)
+
+    def settle(self, statuses):
+        """Acts on this step's statuses, on the host, after the fetch.
+
+        Args:
+            statuses: the block's slots (NumPy floats): ``[fallback flag,
+                status of statistic 0, status of statistic 1, ...]``.
+
+        A failed Cholesky inversion is redone with a raised damping
+        (:func:`chainerkfac.linalg.damped_inverse`, warned once per block;
+        the raised diagonal becomes the factor's :attr:`damping_floor`), or,
+        if nothing helps, the factor is dropped and the block uses the plain
+        gradient. A fallback without a failed inversion means the
+        preconditioned direction was not finite (warned once). Returns
+        nothing; the step that failed has already taken the plain gradient.
+        """
+        failed = False
+        for position, name in enumerate(self.statistic_names):
+            if name in self._inverted and statuses[1 + position] != 0:
+                failed = True
+                self._settle_statistic(name, int(statuses[1 + position]))
+        self._inverted = ()
+        if statuses[0] != 0 and not failed:
+            self.warn_once('nonfinite', 'preconditioned gradient is not '
+                           'finite; the plain gradient was used this step')
+
+    def _settle_statistic(self, name, code):
+        """Recovers statistic ``name`` whose inversion reported ``code``."""
+        self._recover_cholesky(name)
+
+    def _recover_cholesky(self, name):
+        diagonal = float(self._diagonal[name])
+        try:
+            inverse, added = linalg.damped_inverse(self.ema[name], diagonal)
+        except linalg.NotPositiveDefiniteError as e:
+            self.warn_once('identity', '{} cannot be inverted ({}); using the '
+                           'plain gradient'.format(self._describe(name), e))
+            self.inverse[name] = None
+            return
+        self.inverse[name] = inverse
+        if added != diagonal:
+            self.damping_floor[name] = added
+            self.warn_once('damping', (
+                'damped {} is not positive definite; its damping was raised '
+                'from {:.3g} to {:.3g} (warned once per block)').format(
+                    self._describe(name), diagonal, added))
+
+    def _describe(self, name):
+        return 'factor {}'.format(name)
 
     def precondition(self, grads):
         """Maps the list of gradients (order of :attr:`param_names`) to the
@@ -145,7 +228,8 @@ class FisherBlock(object):
 
     # --- state -------------------------------------------------------------
     def serialize(self, serializer):
-        """Saves/loads the EMAs and inverses (an empty array stands for None)."""
+        """Saves/loads the EMAs, inverses (an empty array stands for None) and
+        damping floors."""
         loading = isinstance(serializer, chainer.serializer.Deserializer)
         for table, prefix in ((self.ema, 'ema_'), (self.inverse, 'inv_')):
             for name in self.statistic_names:
@@ -157,6 +241,15 @@ class FisherBlock(object):
                     value = table[name]
                     serializer(prefix + name, numpy.zeros((0,), numpy.float32)
                                if value is None else value)
+        for name in self.statistic_names:
+            key = 'damping_floor_' + name
+            if loading:
+                try:
+                    self.damping_floor[name] = float(serializer(key, 0.0))
+                except KeyError:  # a snapshot from before floors existed
+                    self.damping_floor[name] = 0.0
+            else:
+                serializer(key, self.damping_floor[name])
 
     def to_device(self, device):
         for table in (self.ema, self.inverse):

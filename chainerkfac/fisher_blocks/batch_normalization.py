@@ -1,7 +1,8 @@
 """Fisher blocks of ``chainer.links.BatchNormalization`` (scale gamma, shift beta)."""
+import numpy
 from chainer import backend
 
-from chainerkfac import linalg
+from chainerkfac.cuda import ops
 from chainerkfac.fisher_blocks.base import compute_dtype
 from chainerkfac.fisher_blocks.base import FisherBlock
 
@@ -27,6 +28,28 @@ def per_example_gradients(x, gy, axis, eps, grad_scale):
     g_gamma *= scale
     g_beta *= scale
     return g_gamma, g_beta
+
+
+def diagonal_inverse(fisher, damping, status, slot):
+    """``1 / (f + damping)`` per entry of a diagonal Fisher, on the device.
+
+    An entry whose damped value is not finite and positive gets
+    ``1 / (f + base)`` with ``base = max(damping, 1e-6 mean|f|, 1e-30)``
+    (level 1), or 1 if that fails too (level 2: plain gradient);
+    ``status[slot]`` becomes at least the highest level.
+    """
+    xp = backend.get_array_module(fisher)
+    damped = fisher + damping
+    ok = xp.isfinite(damped) & (damped > 0)
+    base = xp.maximum(xp.maximum(damping, 1e-6 * abs(fisher).mean()), 1e-30)
+    raised = fisher + base.astype(fisher.dtype)
+    ok_raised = xp.isfinite(raised) & (raised > 0)
+    inverse = xp.where(ok, 1 / xp.where(ok, damped, 1),
+                       xp.where(ok_raised, 1 / xp.where(ok_raised, raised, 1),
+                                1)).astype(fisher.dtype)
+    level = xp.where(ok.all(), 0, xp.where((ok | ok_raised).all(), 1, 2))
+    status[slot] = xp.maximum(status[slot], level.astype(numpy.int32))
+    return inverse
 
 
 class BatchNormalizationBlock(FisherBlock):
@@ -89,54 +112,39 @@ class BatchNormalizationBlock(FisherBlock):
         stat /= n
         self.accumulate('F', stat)
 
-    def compute_inverses(self, damping, stab_coeff, pi_type, names=None):
+    def compute_inverses(self, damping, stab_coeff, pi_type, names, status,
+                         index):
+        """``(F + stab_coeff gamma I)^-1`` on the device, in the shape of
+        the mode. ``'full'`` goes through the Cholesky path (a failure is
+        recovered in :meth:`settle`); ``'unit'`` and ``'diag'`` raise the
+        damping of the channels that need it on the device and report the
+        highest level in their status slot (0: none, 1: raised, 2: some
+        channels left unpreconditioned)."""
         fisher = self.ema['F']
         value = stab_coeff * damping
         if self.mode == 'full':
-            try:
-                inverse, added = linalg.damped_inverse(fisher, value)
-            except linalg.NotPositiveDefiniteError as e:
-                self.warn_once('identity', 'Fisher cannot be inverted ({}); '
-                               'using the plain gradient'.format(e))
-                inverse, added = None, value
+            self._damped_cholesky_inverse('F', fisher, value, status, index)
         elif self.mode == 'unit':
-            inverse, added = self._unit_inverse(fisher, value)
+            self.inverse['F'] = ops.unit_fisher_inverse(
+                fisher, value, status.array, status.statistic_slot(index, 0))
         else:
-            inverse, added = self._diag_inverse(fisher, value)
-        if inverse is not None and added != value:
-            self.warn_once('damping', (
-                'damped Fisher is not positive definite; its damping was '
-                'raised from {:.3g} to {:.3g} (warned once per block)').format(
-                    value, added))
-        self.inverse['F'] = inverse
+            self.inverse['F'] = diagonal_inverse(
+                fisher, value, status.array, status.statistic_slot(index, 0))
+        self._inverted = ('F',)
 
-    def _escalate(self, fisher, value, invert):
-        """Tries ``value``, then larger diagonals, like ``damped_inverse``."""
-        inverse, ok = invert(fisher, value)
-        if bool(ok.all()):
-            return inverse, value
-        scale = abs(float(fisher.sum())) / max(fisher.size, 1)
-        base = max(value, 1e-6 * scale, 1e-30)
-        for k in range(8):
-            added = base * 10.0 ** k
-            inverse, ok = invert(fisher, added)
-            if bool(ok.all()):
-                return inverse, added
-        self.warn_once('identity', 'Fisher cannot be inverted; using the '
-                       'plain gradient')
-        return None, value
+    def _settle_statistic(self, name, code):
+        if self.mode == 'full':
+            self._recover_cholesky(name)
+        elif code == 1:
+            self.warn_once('damping', 'damped Fisher is not positive definite '
+                           'for some channels; their damping was raised '
+                           '(warned once per block)')
+        else:
+            self.warn_once('identity', 'Fisher cannot be inverted for some '
+                           'channels; they use the plain gradient')
 
-    def _unit_inverse(self, fisher, value):
-        return self._escalate(fisher, value, linalg.symmetric_2x2_inverse)
-
-    def _diag_inverse(self, fisher, value):
-        xp = backend.get_array_module(fisher)
-
-        def invert(f, lam):
-            damped = f + lam
-            ok = (damped > 0) & xp.isfinite(damped)
-            return 1 / xp.where(ok, damped, 1), ok
-        return self._escalate(fisher, value, invert)
+    def _describe(self, name):
+        return 'Fisher'
 
     def precondition(self, grads):
         inverse = self.inverse['F']

@@ -66,26 +66,19 @@ class KroneckerFactoredBlock(FisherBlock):
         d_in += 1 if self.has_bias else 0
         return {'A': (d_in, d_in), 'G': (w.shape[0], w.shape[0])}
 
-    def compute_inverses(self, damping, stab_coeff, pi_type, names=None):
+    def compute_inverses(self, damping, stab_coeff, pi_type, names, status,
+                         index):
+        """``(A + pi sqrt(gamma) I)^-1`` and ``(G + sqrt(gamma)/pi I)^-1``
+        for the factors in ``names``, with ``pi`` on the device."""
         a, g = self.ema['A'], self.ema['G']
         pi = linalg.pi_tracenorm(a, g) if pi_type == 'tracenorm' else 1.0
         root = math.sqrt(damping)
-        for name, factor, value in (('A', a, pi * root), ('G', g, root / pi)):
-            if names is not None and name not in names:
-                continue
-            try:
-                inverse, added = linalg.damped_inverse(factor, value)
-            except linalg.NotPositiveDefiniteError as e:
-                self.warn_once('identity', 'factor {} cannot be inverted ({}); '
-                               'using the plain gradient'.format(name, e))
-                inverse = None
-            else:
-                if added != value:
-                    self.warn_once('damping', (
-                        'damped factor {} is not positive definite; its damping '
-                        'was raised from {:.3g} to {:.3g} (warned once per '
-                        'block)').format(name, value, added))
-            self.inverse[name] = inverse
+        for name, factor, diagonal in (('A', a, pi * root),
+                                       ('G', g, root / pi)):
+            if name in names:
+                self._damped_cholesky_inverse(name, factor, diagonal, status,
+                                              index)
+        self._inverted = tuple(names)
 
     def precondition(self, grads):
         a_inv, g_inv = self.inverse['A'], self.inverse['G']

@@ -232,11 +232,11 @@ class DistributedKFAC(KFAC):
         for array, mean in zip(arrays, means):
             array[...] = mean
 
-    def update_parameters(self):
+    def update_parameters(self, status):
         if self._distributed:
             self._old_params = [[p.array.copy() for p in b.params]
                                 for b in self.owned_blocks]
-        super(DistributedKFAC, self).update_parameters()
+        super(DistributedKFAC, self).update_parameters(status)
 
     def _due_keys(self, rank):
         """Schedule keys refreshed this step among ``rank``'s blocks."""

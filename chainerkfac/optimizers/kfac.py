@@ -3,12 +3,13 @@ import logging
 import warnings
 
 import chainer
-from chainer import backend
 from chainer import optimizer
 
+from chainerkfac.cuda import ops
 from chainerkfac import fisher_blocks
 from chainerkfac.profiling import timed
 from chainerkfac import stale as stale_module
+from chainerkfac import step_status
 from chainerkfac.hooks import KFACStatisticsHook
 from chainerkfac.optimizers.update_rule import KFACUpdateRule
 
@@ -140,6 +141,7 @@ class KFAC(optimizer.GradientMethod):
         self.plain_params = []
         self._micro_step = 0
         self._hook = None
+        self._status = None
         #: a :class:`chainerkfac.profiling.StageTimer` to time the stages
         self.timer = None
 
@@ -232,7 +234,13 @@ class KFAC(optimizer.GradientMethod):
 
     def step(self):
         """Takes one step from the gradients in ``param.grad`` and the
-        statistics captured by the blocks."""
+        statistics captured by the blocks.
+
+        The stages of the paper, in order: :meth:`exchange_statistics_and_gradients`
+        (2), :meth:`update_curvature` and :meth:`update_parameters` (3),
+        :meth:`exchange_parameters` (4); between 3 and 4, :meth:`settle`
+        brings the step's device statuses to the host in one transfer.
+        """
         self.reallocate_cleared_grads()
         with timed(self.timer, 'communication'):
             statistics = self.exchange_statistics_and_gradients()
@@ -240,8 +248,10 @@ class KFAC(optimizer.GradientMethod):
         self.call_hooks('pre')
         self.t += 1
         if self.is_safe_to_update():
-            intervals = self.update_curvature(statistics)
-            self.update_parameters()
+            status = self._step_status()
+            changes = self.update_curvature(statistics, status)
+            self.update_parameters(status)
+            intervals = self.settle(changes, status)
             with timed(self.timer, 'communication'):
                 intervals = self.exchange_parameters(intervals)
             for key, interval in intervals.items():
@@ -250,6 +260,19 @@ class KFAC(optimizer.GradientMethod):
         self.reallocate_cleared_grads()
         self.call_hooks('post')
         self.update_loss_scale()
+
+    def _step_status(self):
+        """This step's :class:`~chainerkfac.step_status.StepStatus`, zeroed
+        (allocated once per device and number of owned blocks)."""
+        xp = self.target.xp
+        n = len(self.owned_blocks)
+        status = self._status
+        if (status is None or status.xp is not xp
+                or status.array.size != max(n, 1) * step_status.SLOTS_PER_BLOCK):
+            status = self._status = step_status.StepStatus(xp, n)
+        else:
+            status.reset()
+        return status
 
     def exchange_statistics_and_gradients(self):
         """Stage 2: the statistics and gradients of the blocks this process
@@ -281,32 +304,36 @@ class KFAC(optimizer.GradientMethod):
             chainer.report({'kfac/refresh_fraction': refreshed / len(keys),
                             'kfac/mean_interval': self.schedule.summary()})
 
-    def update_curvature(self, statistics):
-        """EMA of the new statistics, new refresh intervals, and the damped
-        inverses the schedule asks for.
+    def update_curvature(self, statistics, status):
+        """EMA of the new statistics, their change measures, and the damped
+        inverses the schedule asks for, all on the device.
 
         Args:
             statistics: list of ``(block, {name: array})`` of the owned
-                blocks; absent names were not refreshed this step.
+                blocks, in :attr:`owned_blocks` order; absent names were not
+                refreshed this step.
+            status (chainerkfac.step_status.StepStatus): inversion statuses.
 
         Returns:
-            dict: schedule key -> next interval of each refreshed statistic.
+            dict: schedule key -> relative change of each refreshed statistic
+            (a 0-d device array, or a float when known without the device:
+            ``inf`` for a first refresh, 0 for a fixed schedule).
         """
         hp, step = self.hyperparam, self.t
-        intervals = {}
-        for block, stats in statistics:
+        changes = {}
+        for index, (block, stats) in enumerate(statistics):
             keys = block.schedule_keys
             for name, new in stats.items():
-                change = 0.0
                 old = block.ema[name]
-                if self.schedule.uses_change and old is not None:
+                if not self.schedule.uses_change:
+                    change = 0.0
+                elif old is None:
+                    change = float('inf')
+                else:
                     with timed(self.timer, 'ema'):
                         change = stale_module.relative_change(
                             new, old, hp.cov_ema_decay)
-                elif self.schedule.uses_change:
-                    change = float('inf')
-                intervals[keys[name]] = self.schedule.new_interval(
-                    keys[name], step, change)
+                changes[keys[name]] = change
             if stats:
                 with timed(self.timer, 'ema'):
                     block.update_ema(stats, hp.cov_ema_decay)
@@ -319,20 +346,22 @@ class KFAC(optimizer.GradientMethod):
             if names:
                 with timed(self.timer, 'inversion'):
                     block.compute_inverses(hp.damping, hp.stab_coeff,
-                                           self.pi_type, names)
-        return intervals
+                                           self.pi_type, names, status, index)
+        return changes
 
-    def update_parameters(self):
+    def update_parameters(self, status):
         """Stage 3: preconditions and updates the parameters of the owned
-        blocks, and updates the parameters without a block by momentum SGD
-        on their plain gradient."""
+        blocks (a block whose inversion failed or whose direction is not
+        finite takes its plain gradient, decided on the device), and updates
+        the parameters without a block by momentum SGD on their plain
+        gradient."""
         with timed(self.timer, 'update'):
             for param in self.plain_params:
                 param.update()
-        for block in self.owned_blocks:
-            self.update_block(block)
+        for index, block in enumerate(self.owned_blocks):
+            self.update_block(block, status, index)
 
-    def update_block(self, block):
+    def update_block(self, block, status, index):
         params = block.params
         rules = [p.update_rule for p in params]
         if not all(r is not None and r.enabled for r in rules):
@@ -348,18 +377,37 @@ class KFAC(optimizer.GradientMethod):
         grads = [t.grad for t in targets]
         with timed(self.timer, 'preconditioning'):
             directions = block.precondition(grads)
-        if directions is not grads:
-            xp = backend.get_array_module(grads[0])
-            if not all(bool(xp.isfinite(d).all()) for d in directions):
-                block.warn_once('nonfinite', 'preconditioned gradient is not '
-                                'finite; using the plain gradient this step')
-                directions = grads
+        slot = status.fallback_slot(index)
         with timed(self.timer, 'update'):
-            for param, rule, target, direction in zip(params, rules, targets,
-                                                      directions):
-                target.grad = direction
-                rule.update_core(target)
+            if directions is not grads:
+                for direction in directions:
+                    ops.flag_nonfinite(direction, status.array, slot)
+            for param, rule, target, direction, grad in zip(
+                    params, rules, targets, directions, grads):
+                rule.apply(target, direction, grad, status.array, slot)
                 rule.finish(param, target)
+
+    def settle(self, changes, status):
+        """The step's one device-to-host transfer, and what the host does
+        with it: failed inversions are redone with a raised damping and
+        warnings are issued (:meth:`FisherBlock.settle`), and the refreshed
+        statistics get their next intervals.
+
+        Returns:
+            dict: schedule key -> next interval, for the statistics this
+            process refreshed.
+        """
+        on_device = [k for k, c in changes.items() if not isinstance(c, float)]
+        statuses, values = step_status.fetch(
+            status.array, [changes[k] for k in on_device])
+        width = step_status.SLOTS_PER_BLOCK
+        for index, block in enumerate(self.owned_blocks):
+            start = status.fallback_slot(index)
+            block.settle(statuses[start:start + width])
+        changes = dict(changes)
+        changes.update(zip(on_device, values))
+        return dict((key, self.schedule.new_interval(key, self.t, float(c)))
+                    for key, c in changes.items())
 
     # --- state ---------------------------------------------------------------
     def serialize(self, serializer):

@@ -2,8 +2,9 @@
 import numpy
 
 import chainer
-from chainer.backends import cuda
 from chainer import optimizer
+
+from chainerkfac.cuda import ops
 
 _default_hyperparam = optimizer.Hyperparameter()
 _default_hyperparam.lr = 0.01
@@ -87,19 +88,20 @@ class KFACUpdateRule(optimizer.UpdateRule):
                 self.update_core(target)
                 self.finish(param, target)
 
-    def update_core_cpu(self, param):
-        v = self.state['v']
-        v *= self.effective_momentum()
-        v -= self.hyperparam.lr * param.grad
-        param.array += v
+    def apply(self, target, direction, fallback, flags, slot):
+        """``v <- mu_t v - lr d``, ``theta <- theta + v`` in one fused
+        kernel, with ``d = fallback`` where ``flags[slot]`` is set (a
+        device-side decision: no host synchronisation) and ``direction``
+        otherwise."""
+        ops.momentum_update(target.array, self.state['v'], direction,
+                            fallback, flags, slot, self.hyperparam.lr,
+                            self.effective_momentum())
 
-    def update_core_gpu(self, param):  # pragma: no cover - needs a GPU
-        cuda.elementwise(
-            'T grad, T lr, T momentum', 'T param, T v',
-            'v = momentum * v - lr * grad; param += v;',
-            'chainerkfac_momentum')(
-                param.grad, self.hyperparam.lr, self.effective_momentum(),
-                param.array, self.state['v'])
+    def update_core(self, param):
+        """Momentum SGD on the plain gradient (NumPy or CuPy: one kernel)."""
+        xp = param.xp
+        self.apply(param, param.grad, param.grad,
+                   xp.zeros(1, numpy.int32), 0)
 
     def serialize(self, serializer):
         """Saves/loads ``t``, ``lr_prev`` and the velocity ``v``.
