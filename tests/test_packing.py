@@ -20,7 +20,8 @@ def test_round_trip_of_triangles_and_plain_arrays(rng, d, dtype):
     assert plan.offsets == [0, d * (d + 1) // 2, d * (d + 1) // 2 + 3 * d]
     buffer = numpy.zeros(plan.size, dtype)
     plan.pack(arrays, buffer)
-    out = plan.unpack(buffer, numpy.float32)
+    out = [numpy.full(a.shape, numpy.nan, numpy.float32) for a in arrays]
+    plan.unpack(buffer, out)
     tol = 0 if dtype == numpy.float32 else 2e-3
     for a, b in zip(arrays, out):
         assert b.shape == a.shape and b.dtype == numpy.float32
@@ -41,9 +42,37 @@ def test_scales_and_divisors(rng):
     a = rng.randn(2, 3).astype('f')
     plan = PackingPlan([(a.shape, False)])
     buffer = numpy.zeros(plan.size, 'f')
-    plan.pack([a], buffer, scales=[4.0])
+    plan.pack([a], buffer, scales=numpy.array([4.0], 'f'))
     numpy.testing.assert_allclose(buffer, 4 * a.ravel())
-    numpy.testing.assert_allclose(plan.unpack(buffer, 'f', [4.0])[0], a)
+    out = [numpy.empty_like(a)]
+    plan.unpack(buffer, out, numpy.array([4.0], 'f'))
+    numpy.testing.assert_allclose(out[0], a)
+
+
+def test_sub_range_of_a_plan(rng):
+    arrays = [symmetric(rng, 3, 'f'), rng.randn(5).astype('f'),
+              symmetric(rng, 2, 'f')]
+    plan = PackingPlan([(a.shape, a.ndim == 2) for a in arrays])
+    assert plan.bounds(0, 3) == (0, plan.size)
+    first, last = plan.bounds(1, 3)
+    assert (first, last) == (6, plan.size)
+    buffer = numpy.zeros(plan.size, 'f')
+    plan.pack(arrays[1:], buffer[first:last], start=1, stop=3)
+    assert not buffer[:first].any()
+    out = [numpy.empty(5, 'f'), numpy.empty((2, 2), 'f')]
+    plan.unpack(buffer[first:last], out, start=1, stop=3)
+    numpy.testing.assert_array_equal(out[1], arrays[2])
+    with pytest.raises(ValueError, match='shape'):
+        plan.pack(arrays[:2], buffer[:11], start=1, stop=3)
+
+
+def test_plan_holds_no_index_arrays():
+    """A plan for ResNet-50's largest factor (4608 wide) is a few numbers:
+    the kernels compute triangle positions (the old plans kept
+    triu_indices, 170 MB for this one factor)."""
+    plan = PackingPlan([((4608, 4608), True)])
+    assert not [v for v in vars(plan).values()
+                if isinstance(v, (numpy.ndarray, dict))]
 
 
 def test_plan_checks_shapes():

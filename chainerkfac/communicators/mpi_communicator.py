@@ -8,6 +8,9 @@ from chainerkfac.communicators.packing import fp16_exponents
 from chainerkfac.communicators.packing import max_abs
 from chainerkfac.communicators.packing import PackingPlan
 
+#: packing plans a communicator keeps (each a few bytes per array)
+MAX_PLANS = 64
+
 _COMM_DTYPES = {'float32': numpy.float32, 'float16': numpy.float16}
 
 
@@ -74,8 +77,10 @@ class PendingReduceScatter(object):
 class MpiCommunicator(mpi_communicator_base.MpiCommunicatorBase):
     """ChainerMN MPI communicator with K-FAC's packed collectives.
 
-    Arrays are NumPy (CPU); CuPy arrays are staged through host memory.
-    Buffers are kept and reused across steps (grown when a step needs more).
+    Arrays are NumPy (CPU) or CuPy; a collective's device arrays are packed
+    on the device by one kernel launch and staged through host memory by one
+    copy each way. Host buffers are kept and reused across steps (grown when
+    a step needs more).
 
     Byte counters (:attr:`bytes_sent`, :attr:`bytes_received`, cumulative;
     see :meth:`reset_traffic`) count what this rank moves under the
@@ -105,10 +110,16 @@ class MpiCommunicator(mpi_communicator_base.MpiCommunicatorBase):
         return buf[:size]
 
     def _plan(self, items):
+        """The cached :class:`PackingPlan` of ``items`` (the most recently
+        used :data:`MAX_PLANS` are kept: under stale statistics the list of
+        arrays changes from step to step)."""
         key = tuple(items)
-        plan = self._plans.get(key)
+        plan = self._plans.pop(key, None)
         if plan is None:
-            plan = self._plans[key] = PackingPlan(items)
+            plan = PackingPlan(items)
+            while len(self._plans) >= MAX_PLANS:
+                self._plans.pop(next(iter(self._plans)))
+        self._plans[key] = plan
         return plan
 
     def _plans_of(self, arrays_per_rank):
@@ -207,13 +218,8 @@ class MpiCommunicator(mpi_communicator_base.MpiCommunicatorBase):
         scales = None
         if dtype == numpy.float16:
             scales = 2.0 ** self._global_exponents(flat)
-        offset, index = 0, 0
-        for plan, seg in zip(plans, arrays_per_rank):
-            n = len(plan)
-            self._pack(plan, [a for a, _ in seg], send[offset:offset + plan.size],
-                       None if scales is None else scales[index:index + n])
-            offset += plan.size
-            index += n
+        self._pack(self._plan([(a.shape, sym) for seg in arrays_per_rank
+                               for a, sym in seg]), flat, send, scales)
         op = MPI.SUM if dtype == numpy.float32 else self._fp16_op()
         args = (_mpi_args(send), _mpi_args(recv), counts, op)
         if blocking:
@@ -294,25 +300,53 @@ class MpiCommunicator(mpi_communicator_base.MpiCommunicatorBase):
 
     @staticmethod
     def _pack(plan, arrays, host_buffer, scales):
-        """Packs on the arrays' device, then stages to the host buffer."""
-        if not arrays:
-            return
-        xp = backend.get_array_module(arrays[0])
-        if xp is numpy:
-            plan.pack(arrays, host_buffer, scales)
-        else:  # pragma: no cover - needs a GPU
-            device_buffer = xp.empty(host_buffer.shape, host_buffer.dtype)
-            plan.pack(arrays, device_buffer, scales)
-            device_buffer.get(out=host_buffer)
+        """Packs ``arrays`` (the whole plan) into ``host_buffer``, each where
+        it lives: a run of device arrays is packed on the device by one
+        launch and copied to the host once; host arrays are packed in place.
+
+        ``scales``: None or a float64 NumPy vector (powers of two).
+        """
+        for start, stop, xp in _runs(arrays):
+            first, last = plan.bounds(start, stop)
+            run_scales = None
+            if scales is not None:
+                run_scales = xp.asarray(scales[start:stop], numpy.float32)
+            if xp is numpy:
+                plan.pack(arrays[start:stop], host_buffer[first:last],
+                          run_scales, start, stop)
+            else:  # pragma: no cover - needs a GPU
+                staging = xp.empty(last - first, host_buffer.dtype)
+                plan.pack(arrays[start:stop], staging, run_scales, start, stop)
+                staging.get(out=host_buffer[first:last])
 
     @staticmethod
     def _unpack(plan, host_buffer, divisors, like):
-        """Unpacks to the device and dtypes of the arrays in ``like``."""
-        if not like:
-            return []
-        xp = backend.get_array_module(like[0])
-        buffer = host_buffer if xp is numpy else xp.asarray(host_buffer)
-        arrays = plan.unpack(buffer, numpy.float64 if any(
-            a.dtype == numpy.float64 for a in like) else numpy.float32,
-            divisors)
-        return [a.astype(ref.dtype, copy=False) for a, ref in zip(arrays, like)]
+        """New arrays with the dtypes, shapes and devices of ``like``, from
+        ``host_buffer`` divided by ``divisors`` (None or a float64 NumPy
+        vector): a run of device arrays is copied to the device once and
+        unpacked by one launch."""
+        outs = [backend.get_array_module(ref).empty(ref.shape, ref.dtype)
+                for ref in like]
+        for start, stop, xp in _runs(like):
+            first, last = plan.bounds(start, stop)
+            run_divisors = None
+            if divisors is not None:
+                run_divisors = xp.asarray(divisors[start:stop], numpy.float32)
+            source = host_buffer[first:last]
+            if xp is not numpy:  # pragma: no cover - needs a GPU
+                source = xp.asarray(source)
+            plan.unpack(source, outs[start:stop], run_divisors, start, stop)
+        return outs
+
+
+def _runs(arrays):
+    """``(start, stop, xp)`` of the maximal runs of arrays on one device."""
+    runs = []
+    for i, array in enumerate(arrays):
+        xp = backend.get_array_module(array)
+        if runs and runs[-1][2] is xp and (
+                xp is numpy or array.device == arrays[runs[-1][0]].device):
+            runs[-1][1] = i + 1
+        else:
+            runs.append([i, i + 1, xp])
+    return [tuple(r) for r in runs]

@@ -1,7 +1,9 @@
 """Packing lists of arrays into flat communication buffers.
 
 A symmetric ``(d, d)`` matrix travels as its upper triangle, row-major,
-``d (d + 1) / 2`` values; every other array travels whole. With
+``d (d + 1) / 2`` values; every other array travels whole. All arrays of a
+buffer are packed (and unpacked) by one kernel launch
+(:mod:`chainerkfac.cuda.ops`; NumPy arrays take its NumPy reference). With
 ``comm_dtype=float16`` each array is multiplied by a power of two before the
 cast (see :func:`fp16_exponents`) and divided by it after.
 """
@@ -9,6 +11,8 @@ import math
 
 import numpy
 from chainer import backend
+
+from chainerkfac.cuda import ops
 
 #: Largest |value| an fp16 sum may reach: 2**14 leaves a factor 4 below
 #: fp16's maximum (65504) for round-off in the sum.
@@ -33,6 +37,10 @@ class PackingPlan(object):
         offsets (list of int): start of each array in the buffer (int64-safe
             Python ints; no 2**31 limit).
         size (int): total number of values.
+        symmetric (list of bool): which arrays travel as upper triangles.
+
+    A plan holds no index arrays (the kernels compute triangle positions),
+    so it costs a few bytes per array whatever the factors' sizes.
     """
 
     def __init__(self, items):
@@ -41,65 +49,72 @@ class PackingPlan(object):
             if sym and (len(shape) != 2 or shape[0] != shape[1]):
                 raise ValueError('a symmetric array must be square, got '
                                  'shape {}'.format(shape))
+        self.symmetric = [sym for _, sym in self.items]
         self.sizes = [packed_size(s, sym) for s, sym in self.items]
         self.offsets = [0]
         for n in self.sizes:
             self.offsets.append(self.offsets[-1] + n)
         self.size = self.offsets.pop()
-        self._triu = {}
 
     def __len__(self):
         return len(self.items)
 
-    def _triu_indices(self, xp, d):
-        key = (xp.__name__, d)
-        if key not in self._triu:
-            self._triu[key] = xp.triu_indices(d)
-        return self._triu[key]
+    def bounds(self, start, stop):
+        """``(first, last)`` buffer positions of arrays ``start:stop``."""
+        first = self.offsets[start] if start < len(self) else self.size
+        last = self.offsets[stop] if stop < len(self) else self.size
+        return first, last
 
-    def pack(self, arrays, buffer, scales=None):
-        """Writes ``arrays`` (scaled by ``scales[i]`` if given) into
-        ``buffer[:size]``, casting to the buffer's dtype."""
-        xp = backend.get_array_module(buffer)
-        for i, (array, (shape, sym)) in enumerate(zip(arrays, self.items)):
+    def check_shapes(self, arrays, start=0, stop=None):
+        """Raises ValueError unless ``arrays`` have the shapes of plan
+        positions ``start:stop``."""
+        items = self.items[start:stop]
+        if len(arrays) != len(items):
+            raise ValueError('{} arrays for {} places in the plan'.format(
+                len(arrays), len(items)))
+        for i, (array, (shape, _)) in enumerate(zip(arrays, items), start):
             if tuple(array.shape) != shape:
                 raise ValueError('array {} has shape {}, the plan says {}'
                                  .format(i, array.shape, shape))
-            out = buffer[self.offsets[i]:self.offsets[i] + self.sizes[i]]
-            values = (array[self._triu_indices(xp, shape[0])] if sym
-                      else array.reshape(-1))
-            if scales is not None and scales[i] != 1:
-                values = values * scales[i]
-            out[...] = values
 
-    def unpack(self, buffer, dtype, divisors=None):
-        """Returns the arrays of ``buffer`` as new arrays of ``dtype``, each
-        divided by ``divisors[i]`` if given; symmetric ones mirrored."""
-        xp = backend.get_array_module(buffer)
-        arrays = []
-        for i, (shape, sym) in enumerate(self.items):
-            values = buffer[self.offsets[i]:self.offsets[i] + self.sizes[i]]
-            values = values.astype(dtype)  # always a copy
-            if divisors is not None and divisors[i] != 1:
-                values /= divisors[i]
-            if sym:
-                d = shape[0]
-                out = xp.empty(shape, dtype=dtype)
-                iu = self._triu_indices(xp, d)
-                out[iu] = values
-                out.T[iu] = values
-                arrays.append(out)
-            else:
-                arrays.append(values.reshape(shape))
-        return arrays
+    def pack(self, arrays, buffer, scales=None, start=0, stop=None):
+        """Writes ``arrays`` (plan positions ``start:stop``), each multiplied
+        by ``scales[i]`` if given (float32 array on the buffer's device), into
+        ``buffer`` (exactly those arrays' packed length), casting to its
+        dtype: one kernel launch (:func:`chainerkfac.cuda.ops.pack`)."""
+        stop = len(self) if stop is None else stop
+        self.check_shapes(arrays, start, stop)
+        ops.pack(arrays, self.symmetric[start:stop], buffer, scales)
+
+    def unpack(self, buffer, outs, divisors=None, start=0, stop=None):
+        """Writes the values of ``buffer`` into ``outs`` (plan positions
+        ``start:stop``), each divided by ``divisors[i]`` if given (float32
+        array on the buffer's device); symmetric ones mirrored. One kernel
+        launch (:func:`chainerkfac.cuda.ops.unpack`)."""
+        stop = len(self) if stop is None else stop
+        self.check_shapes(outs, start, stop)
+        ops.unpack(buffer, outs, self.symmetric[start:stop], divisors)
 
 
 def max_abs(arrays):
-    """Max |value| of each array, as a float64 NumPy vector (0 for empty)."""
+    """Max |value| of each array, as a float64 NumPy vector (0 for empty).
+
+    Device arrays are reduced on the device and read back in one transfer.
+    """
     out = numpy.zeros(len(arrays))
+    device = []
     for i, a in enumerate(arrays):
-        if a.size:
+        if not a.size:
+            continue
+        if isinstance(a, numpy.ndarray):
             out[i] = float(abs(a).max())
+        else:
+            device.append((i, abs(a).max()))
+    if device:
+        xp = backend.get_array_module(device[0][1])
+        values = xp.stack([v.astype(numpy.float64) for _, v in device])
+        values = values.get() if xp is not numpy else values
+        out[[i for i, _ in device]] = values
     return out
 
 
