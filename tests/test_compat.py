@@ -536,3 +536,16 @@ def test_gpu_skip_reason_names_what_is_missing():
     else:  # CuPy 13 without a driver: raises at the first call (False after)
         assert reason.startswith('no CUDA device (CuPy %s: cupy.is_available() raised '
                                  % cupy.__version__)
+
+
+def test_chainer_cuda_backend_accepts_the_installed_cupy():
+    """Where CuPy and its CUDA libraries are installed (the CI NumPy-2 leg:
+    CuPy 14, no GPU), Chainer 7.8.1's CUDA backend must load: an API it
+    imports that the CuPy release lacks would show here, not on a GPU."""
+    pytest.importorskip('cupy')
+    from chainer.backends import cuda
+    error = getattr(cuda, '_resolution_error', None)
+    if error is not None and 'libcublas' in str(error):
+        pytest.skip('cuBLAS is not installed next to CuPy: %s' % error)
+    assert cuda.available, error
+    assert not cuda.cudnn_enabled or hasattr(cuda.cupy, 'cudnn')
