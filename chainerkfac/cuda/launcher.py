@@ -756,5 +756,8 @@ def emulate():
 
 
 def emulating():
-    """Whether this thread is inside :func:`emulate`."""
-    return getattr(_state, 'depth', 0) > 0
+    """Whether this thread is inside :func:`emulate`, or the process runs
+    with ``CHAINERKFAC_EMULATE_KERNELS=1`` (whole runs, e.g. under
+    ``mpiexec``, through the emulated kernels)."""
+    return (getattr(_state, 'depth', 0) > 0
+            or os.environ.get('CHAINERKFAC_EMULATE_KERNELS') == '1')
