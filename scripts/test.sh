@@ -38,9 +38,15 @@ run_pytest .venv/bin/python "$@" || rc=$?
 if [ "${CHAINERKFAC_SKIP_NUMPY2:-0}" != 1 ]; then
   echo "== NumPy 2 leg (.venv-numpy2: NumPy 2, CuPy 14, no GPU) ==" >&2
   if bash scripts/numpy2_env.sh; then
+    # numerics under NumPy 2's casting rules, the kernels against their
+    # references, and every .cu compiled by CuPy 14's own NVRTC with the
+    # launcher's include folders and options (no GPU needed)
     run_pytest .venv-numpy2/bin/python tests/test_compat.py \
       tests/test_linalg.py tests/test_step_bruteforce.py \
-      tests/test_kfac_optimizer.py tests/test_non_positive_definite.py || rc=$?
+      tests/test_kfac_optimizer.py tests/test_non_positive_definite.py \
+      tests/test_cholesky.py tests/test_step_status.py tests/test_packing.py \
+      tests/test_cuda_launcher.py tests/test_cuda_kernels.py \
+      tests/test_cuda_compile.py tests/test_emulated_training.py || rc=$?
     echo "== GPU-marked tests with CuPy and no device: they must skip ==" >&2
     run_pytest .venv-numpy2/bin/python -m gpu -rs tests || rc=$?
   else
