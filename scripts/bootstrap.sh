@@ -112,8 +112,10 @@ fi
 # CuPy 13 (requirements-gpu-cudnn.txt) finds the CUDA and cuDNN libraries of the
 # nvidia-*-cu12 wheels only on LD_LIBRARY_PATH: the venv's bin/activate adds
 # them. (CuPy 14 finds its own through cuda-pathfinder: nothing to add.)
-nvidia_libs="$(cd "$venv" && ls -d "$PWD"/lib/python3*/site-packages/nvidia/*/lib 2>/dev/null | paste -sd: -)"
-if [ -d "$(ls -d "$venv"/lib/python3*/site-packages/nvidia/cudnn/lib 2>/dev/null | head -1)" ]; then
+# (A CPU venv has no nvidia/ folder: ls fails there, which must not end the
+# script under `set -e -o pipefail`.)
+nvidia_libs="$(cd "$venv" && { ls -d "$PWD"/lib/python3*/site-packages/nvidia/*/lib 2>/dev/null || true; } | paste -sd: -)"
+if [ -d "$venv/lib/python3"*/site-packages/nvidia/cudnn/lib ] 2>/dev/null; then
   cat >> "$venv/bin/activate" <<EOF
 
 # Added by scripts/bootstrap.sh: CuPy 13 finds these pip CUDA/cuDNN libraries

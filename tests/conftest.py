@@ -8,6 +8,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+# Before any test module imports chainer: chainerkfac._compat makes Chainer
+# 7.8.1 importable on NumPy 2 and Python 3.12, whatever order a module's
+# own imports are in and whichever module pytest collects first.
+import chainerkfac  # NOQA: E402,F401
+
 
 def gpu_unavailable_reason():
     """Why tests marked ``gpu`` cannot run here, or None when they can.

@@ -4,12 +4,12 @@ Usage: equivalence.py SCENARIO   (see SCENARIOS). Prints 'OK rank R' per rank.
 """
 import sys
 
+import chainerkfac  # NOQA: I100 (first: makes Chainer importable on NumPy 2)
 import chainer
 import chainer.functions as F
 import chainer.links as L
 import numpy
 
-import chainerkfac
 from chainerkfac.optimizers import DistributedKFAC
 from chainerkfac.optimizers import KFAC
 from chainerkfac.optimizers.distributed_kfac import named_persistents

@@ -2,12 +2,12 @@
 import sys
 import time
 
+import chainerkfac  # NOQA: I100 (first: makes Chainer importable on NumPy 2)
 import chainer
 import chainer.functions as F
 import chainer.links as L
 import numpy
 
-import chainerkfac
 
 
 class Net(chainer.Chain):

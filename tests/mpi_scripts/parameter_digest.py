@@ -8,12 +8,12 @@ kernels with the NumPy references on the optimizer's real argument lists.
 import hashlib
 import sys
 
+import chainerkfac  # NOQA: I100 (first: makes Chainer importable on NumPy 2)
 import chainer
 import chainer.functions as F
 import chainer.links as L
 import numpy
 
-import chainerkfac
 from chainerkfac.optimizers import DistributedKFAC
 from chainerkfac.optimizers.distributed_kfac import named_persistents
 
