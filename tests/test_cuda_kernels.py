@@ -3,7 +3,6 @@ for bit; the references are checked against plain NumPy; and, with a GPU,
 the CuPy runs equal the references."""
 import math
 import os
-import shutil
 
 import numpy
 import pytest
@@ -12,20 +11,8 @@ from chainerkfac import cuda
 from chainerkfac.cuda import launcher
 from chainerkfac.cuda import ops
 from chainerkfac.cuda import reference
+from cuda_helpers import emulated  # NOQA: I100
 
-
-def _emulation_missing():
-    if shutil.which(launcher.compiler()) is None:
-        return 'no C++ compiler ({})'.format(launcher.compiler())
-    try:
-        launcher.cuda_include_dirs(with_cupy=False)
-    except launcher.CudaIncludeError:
-        return 'no cuda_fp16.h'
-    return None
-
-
-emulated = pytest.mark.skipif(_emulation_missing() is not None,
-                              reason=str(_emulation_missing()))
 
 F16, F32, F64 = numpy.float16, numpy.float32, numpy.float64
 FLOATS = [F16, F32, F64]

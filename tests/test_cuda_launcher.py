@@ -1,7 +1,6 @@
 """The kernel launcher: signature parsing, argument checks (all on the CPU),
 the emulated build, and the argument lists the ops hand to the GPU."""
 import os
-import shutil
 import subprocess
 import sys
 
@@ -11,20 +10,8 @@ import pytest
 from chainerkfac import cuda
 from chainerkfac.cuda import launcher
 from chainerkfac.cuda import ops
+from cuda_helpers import emulated  # NOQA: I100
 
-
-def _emulation_missing():
-    if shutil.which(launcher.compiler()) is None:
-        return 'no C++ compiler ({})'.format(launcher.compiler())
-    try:
-        launcher.cuda_include_dirs(with_cupy=False)
-    except launcher.CudaIncludeError:
-        return 'no cuda_fp16.h'
-    return None
-
-
-emulated = pytest.mark.skipif(_emulation_missing() is not None,
-                              reason=str(_emulation_missing()))
 
 I32, I64, F32 = numpy.int32, numpy.int64, numpy.float32
 
