@@ -23,6 +23,8 @@ if [ ${#files[@]} -eq 0 ]; then
   echo "compile_kernels.sh: no .cu files" >&2
   exit 1
 fi
+summary="$build/ptxas/summary.txt"
+: > "$summary"
 for cu in "${files[@]}"; do
   name=$(basename "$cu" .cu)
   for arch in sm_80 sm_90; do
@@ -47,7 +49,7 @@ for cu in "${files[@]}"; do
           for (i = 1; i <= NF; i++) if ($i == "Used") regs = $(i + 1)
           printf "%s %s %s registers=%s spill_stores=%s spill_loads=%s\n", \
             file, arch, kernel, regs, stores, loads
-        }' "$report"
+        }' "$report" | tee -a "$summary"
     else
       echo "FAILED: $cu for $arch:" >&2
       cat "$report" >&2

@@ -34,6 +34,10 @@ run_pytest() {  # run_pytest PYTHON ARGS...: pytest, treating "no tests" as fail
 rc=0
 run_pytest .venv/bin/python "$@" || rc=$?
 [ "$#" -eq 0 ] || exit "$rc"
+if [ -s build/ptxas/summary.txt ]; then  # written by tests/test_cuda_compile.py
+  echo "== ptxas: registers and spills per kernel (nvcc, sm_80/sm_90; reports in build/ptxas/) ==" >&2
+  cat build/ptxas/summary.txt >&2
+fi
 
 if [ "${CHAINERKFAC_SKIP_NUMPY2:-0}" != 1 ]; then
   echo "== NumPy 2 leg (.venv-numpy2: NumPy 2, CuPy 14, no GPU) ==" >&2
