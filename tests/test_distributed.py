@@ -43,6 +43,18 @@ def test_exception_on_one_rank_ends_the_job():
     assert 'injected failure on rank 1' in result.stdout
 
 
+@pytest.mark.parametrize('mode', ['skip_link', 'skip_link_overlap'])
+def test_a_rank_that_skips_a_link_ends_every_rank_naming_it(mode):
+    """Counts come from the schedule, so MPI is never handed mismatched
+    counts; the missed statistics are named with their rank."""
+    start = time.time()
+    result = run_mpi(2, 'faults.py', mode, timeout=60)
+    assert result.returncode != 0
+    assert time.time() - start < 30
+    assert 'were not captured (rank 1: /l2 A, /l2 G)' in result.stdout
+    assert 'Message truncated' not in result.stdout
+
+
 def test_models_that_differ_are_detected():
     result = run_mpi(2, 'faults.py', 'model_mismatch', timeout=60)
     assert result.returncode != 0
@@ -113,3 +125,11 @@ def test_pipeline_moves_half_or_a_quarter_of_the_original(comm_dtype, ratio):
 @pytest.mark.parametrize('n', [2, 3])
 def test_stale_schedules_agree_across_ranks(n):
     assert_all_ok(run_mpi(n, 'stale_schedule.py'), n)
+
+
+@pytest.mark.parametrize('n', [2, 3])
+def test_long_stale_run_equals_kfac(n):
+    """40 steps, well past the stale warm-up: parameters within 1e-5 of KFAC
+    and identical refresh schedules on every rank."""
+    result = run_mpi(n, 'long_run.py', 40, timeout=180)
+    assert_all_ok(result, n)

@@ -1,4 +1,6 @@
 """Distributed K-FAC: the four-stage pipeline of Osawa et al. (CVPR 2019)."""
+import hashlib
+
 import chainer
 import chainer.links as L
 import numpy
@@ -6,6 +8,7 @@ from mpi4py import MPI
 
 from chainerkfac import assignment as assignment_module
 from chainerkfac.communicators.mpi_communicator import comm_dtype_of
+from chainerkfac.fisher_blocks.base import compute_dtype
 from chainerkfac.optimizers.kfac import KFAC
 
 
@@ -16,6 +19,17 @@ def named_persistents(model):
         for name in link._persistent:
             out.append((path.rstrip('/') + '/' + name, getattr(link, name)))
     return sorted(out, key=lambda item: item[0])
+
+
+def _first_mismatch(reference, signature, rank):
+    """Text naming the first entry where ``signature`` (of ``rank``) differs
+    from rank 0's ``reference``."""
+    for a, b in zip(reference, signature):
+        if a != b:
+            return 'rank 0 has {} {} {} {} where rank {} has {} {} {} {}'.format(
+                *(a + (rank,) + b))
+    return 'rank 0 has {} arrays, rank {} has {}'.format(
+        len(reference), rank, len(signature))
 
 
 def _is_symmetric(array):
@@ -83,6 +97,9 @@ class DistributedKFAC(KFAC):
         self.owners = None
         self._pending_a = None
         self._old_params = None
+        self._missing = []          # this step's due statistics not captured
+        self._missing_flag = None   # their flag, sent in every segment
+        self._missing_seen = None   # the flags' mean over ranks (device)
 
     @property
     def _distributed(self):
@@ -106,22 +123,27 @@ class DistributedKFAC(KFAC):
         return sig
 
     def _check_models_agree(self):
+        """Raises on every rank unless all ranks' models have the same
+        parameter and persistent names, shapes and dtypes.
+
+        Costs O(1) bytes per rank whatever the process count: rank 0's
+        32-byte digest of its signature is broadcast and one integer is
+        all-reduced. Only when they differ is rank 0's signature broadcast,
+        so that each differing rank names its first mismatch.
+        """
+        comm = self.communicator.mpi_comm
         mine = self._model_signature()
-        signatures = self.communicator.mpi_comm.allgather(mine)
-        reference = signatures[0]
-        for rank, sig in enumerate(signatures[1:], 1):
-            if sig == reference:
-                continue
-            for a, b in zip(reference, sig):
-                if a != b:
-                    raise ValueError(
-                        'chainerkfac: models differ across ranks: rank 0 has '
-                        '{} {} {} {} where rank {} has {} {} {} {}'.format(
-                            *(a + (rank,) + b)))
-            raise ValueError(
-                'chainerkfac: models differ across ranks: rank 0 has {} '
-                'arrays, rank {} has {}'.format(len(reference), rank,
-                                                len(sig)))
+        digest = hashlib.sha256(repr(mine).encode()).digest()
+        reference = comm.bcast(digest, root=0)
+        if not comm.allreduce(int(digest != reference), op=MPI.MAX):
+            return
+        reference = comm.bcast(mine if comm.rank == 0 else None, root=0)
+        report = None
+        if mine != reference:
+            report = _first_mismatch(reference, mine, comm.rank)
+        reports = [r for r in comm.allgather(report) if r is not None]
+        raise ValueError('chainerkfac: models differ across ranks: ' +
+                         reports[0])
 
     def _broadcast_model(self):
         """Rank 0's parameters and BN running statistics to every rank."""
@@ -174,24 +196,47 @@ class DistributedKFAC(KFAC):
             for rank in range(self.communicator.size):
                 items = []
                 for block in self.blocks_of(rank):
-                    stat = block.take_statistics(['A']).get('A')
-                    if stat is not None:
+                    if 'A' in block.due:  # the schedule: same on every rank
+                        stat = self._due_statistics(block, ['A'])['A']
                         block.pending_a = True
                         items.append((stat, True))
                 per_rank.append(items)
             self._pending_a = self.communicator.start_reduce_scatter_v(
                 per_rank, self.comm_dtype, purpose='rs_forward')
 
+    def _due_statistics(self, block, names):
+        """This rank's statistics ``names`` of ``block`` (all due).
+
+        Every rank must send the statistics the schedule says are due, so
+        that all pass MPI the same counts. A due statistic this rank did not
+        capture (its forward or backward pass skipped the link: a
+        data-dependent branch, a bug in the model) is sent as zeros and
+        recorded; the step then ends on every rank with an error naming the
+        link and the rank (:meth:`verify_device_checks`).
+        """
+        stats = block.take_statistics(names)
+        for name in names:
+            if name not in stats:
+                self._missing.append('{} {}'.format(block.name, name))
+                stats[name] = block.link.xp.zeros(
+                    block.statistic_shapes()[name],
+                    compute_dtype(block.params[0].array))
+        return stats
+
     def _stage2_items(self, rank, local):
-        """(array, symmetric) pairs of ``rank``'s blocks: each block's
-        gradients, then its statistics."""
+        """(array, symmetric) pairs of ``rank``'s segment: each block's
+        gradients, then its due statistics (those not sent after the
+        forward pass), then the one-value flag of statistics this rank
+        missed (every rank's flag goes into every segment, so every rank
+        learns whether any rank missed one)."""
         items = []
         for block in self.blocks_of(rank):
             items += [(p.grad, False) for p in block.params]
             for name in block.statistic_names:
-                stat = local[block].get(name)
-                if stat is not None:
+                if name in local[block]:
+                    stat = local[block][name]
                     items.append((stat, _is_symmetric(stat)))
+        items.append((self._missing_flag, False))
         return items
 
     def exchange_statistics_and_gradients(self):
@@ -199,20 +244,27 @@ class DistributedKFAC(KFAC):
             return super(
                 DistributedKFAC, self).exchange_statistics_and_gradients()
         comm = self.communicator
-        local = {b: b.take_statistics() for b in self.fisher_blocks}
+        local = {}
+        for block in self.fisher_blocks:
+            names = [n for n in block.statistic_names if n in block.due
+                     and not (n == 'A' and getattr(block, 'pending_a', False))]
+            local[block] = self._due_statistics(block, names)
+        self._missing_flag = self.target.xp.full(
+            1, 1.0 if self._missing else 0.0, numpy.float32)
         received = comm.reduce_scatter_v(
             [self._stage2_items(r, local) for r in range(comm.size)],
             self.comm_dtype)
         forward_a = self._pending_a.wait() if self._pending_a else []
         self._pending_a = None
-        received, forward_a = iter(received), iter(forward_a)
+        self._missing_seen = received[-1]
+        received, forward_a = iter(received[:-1]), iter(forward_a)
         statistics = []
         for block in self.owned_blocks:
             for param in block.params:
                 param.grad[...] = next(received)
             stats = {}
             for name in block.statistic_names:
-                if local[block].get(name) is not None:
+                if name in local[block]:
                     stats[name] = next(received)
             if getattr(block, 'pending_a', False):
                 stats['A'] = next(forward_a)
@@ -221,6 +273,27 @@ class DistributedKFAC(KFAC):
             block.pending_a = False
         self._allreduce_plain_and_bn()
         return statistics
+
+    def device_checks(self):
+        """The mean over ranks of the missed-statistics flags (read with
+        the step's one fetch)."""
+        return [self._missing_seen] if self._missing_seen is not None else []
+
+    def verify_device_checks(self, values):
+        """Ends every rank with the same error when any rank missed a due
+        statistic, naming the links and ranks (the names are gathered only
+        then)."""
+        self._missing_seen = None
+        missing, self._missing = self._missing, []
+        if len(values) and values[0] > 0:
+            per_rank = self.communicator.mpi_comm.allgather(missing)
+            where = '; '.join('rank {}: {}'.format(r, ', '.join(names))
+                              for r, names in enumerate(per_rank) if names)
+            raise RuntimeError(
+                'chainerkfac: statistics due this step were not captured '
+                '({}): every rank must call every link with a Fisher block '
+                'in each update (a data-dependent branch or a bug in the '
+                'model skips a link on some ranks)'.format(where))
 
     def _allreduce_plain_and_bn(self):
         arrays = [p.grad for p in self.plain_params if p.grad is not None]

@@ -398,8 +398,10 @@ class KFAC(optimizer.GradientMethod):
             process refreshed.
         """
         on_device = [k for k, c in changes.items() if not isinstance(c, float)]
-        statuses, values = step_status.fetch(
-            status.array, [changes[k] for k in on_device])
+        checks = self.device_checks()
+        statuses, values, check_values = step_status.fetch(
+            status.array, [changes[k] for k in on_device], checks)
+        self.verify_device_checks(check_values)
         width = step_status.SLOTS_PER_BLOCK
         for index, block in enumerate(self.owned_blocks):
             start = status.fallback_slot(index)
@@ -408,6 +410,14 @@ class KFAC(optimizer.GradientMethod):
         changes.update(zip(on_device, values))
         return dict((key, self.schedule.new_interval(key, self.t, float(c)))
                     for key, c in changes.items())
+
+    def device_checks(self):
+        """0-d device arrays a subclass wants read with the step's fetch
+        (none here)."""
+        return []
+
+    def verify_device_checks(self, values):
+        """Acts on the host values of :meth:`device_checks` (nothing here)."""
 
     # --- state ---------------------------------------------------------------
     def serialize(self, serializer):

@@ -29,7 +29,10 @@ def planned_step_traffic(model, size, comm_dtype='float32',
         dict of lists with one entry per rank: ``'ours'`` (bytes sent in
         all), ``'pipeline'`` (bytes sent by stages 2 and 4 alone),
         ``'original'``; ``'stage2_counts'``/``'stage4_counts'``: values per
-        rank in the ReduceScatterV and AllGatherV buffers.
+        rank in the ReduceScatterV and AllGatherV buffers (parameters only);
+        ``'stage2_sent'``/``'stage4_sent'``: values per rank as sent (stage
+        2: with the missed-statistics flag; stage 4: with the refresh
+        intervals and the fp16 heads).
 
     The original code all-reduced one fp32 buffer of every gradient and
     packed factor (stage 2) and one of every parameter of the blocks
@@ -65,13 +68,18 @@ def planned_step_traffic(model, size, comm_dtype='float32',
     # stage 4 also carries the owners' new refresh intervals (one value per
     # refreshed statistic, in one more array)
     stage4_sent = [c + k for c, k in zip(stage4, n_stats)]
+    # stage 2 also carries, in every rank's segment, one value: the flag of
+    # due statistics some rank did not capture (one more array per segment)
+    stage2_sent = [c + 1 for c in stage2]
+    stage2_arrays += size
     if fp16:
         stage4_sent = [c + n + (1 if k else 0) for c, n, k in
                        zip(stage4_sent, n_arrays, n_stats)]
     result = {'ours': [], 'pipeline': [], 'original': [],
-              'stage2_counts': stage2, 'stage4_counts': stage4}
+              'stage2_counts': stage2, 'stage4_counts': stage4,
+              'stage2_sent': stage2_sent, 'stage4_sent': stage4_sent}
     for r in range(size):
-        pipeline = (mc.ring_reduce_scatter(stage2, r)[0]
+        pipeline = (mc.ring_reduce_scatter(stage2_sent, r)[0]
                     + mc.ring_all_gather(stage4_sent, r)[0]) * itemsize
         sent = pipeline + mc.ring_allreduce(extra, size) * 4
         if fp16:

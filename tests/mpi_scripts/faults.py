@@ -1,4 +1,7 @@
-"""Faults under mpiexec. Usage: faults.py raise_on_rank1 | model_mismatch."""
+"""Faults under mpiexec.
+
+Usage: faults.py raise_on_rank1 | model_mismatch | skip_link | skip_link_overlap
+"""
 import sys
 import time
 
@@ -9,7 +12,6 @@ import chainer.links as L
 import numpy
 
 
-
 class Net(chainer.Chain):
     def __init__(self, hidden):
         super(Net, self).__init__()
@@ -17,8 +19,9 @@ class Net(chainer.Chain):
             self.l1 = L.Linear(4, hidden)
             self.l2 = L.Linear(hidden, 2)
 
-    def forward(self, x, t):
-        return F.softmax_cross_entropy(self.l2(F.relu(self.l1(x))), t)
+    def forward(self, x, t, skip_l2=False):
+        h = F.relu(self.l1(x))
+        return F.softmax_cross_entropy(h if skip_l2 else self.l2(h), t)
 
 
 def main():
@@ -26,14 +29,17 @@ def main():
     comm = chainerkfac.create_communicator('mpi')
     hidden = 5 if (mode == 'model_mismatch' and comm.rank == 1) else 3
     model = Net(hidden)
-    opt = chainerkfac.DistributedKFAC(comm, lr=0.1)
+    opt = chainerkfac.DistributedKFAC(
+        comm, lr=0.1, communicate_after_forward=mode == 'skip_link_overlap')
     opt.setup(model)
     x = numpy.ones((4, 4), numpy.float32)
     t = numpy.zeros(4, numpy.int32)
     for step in range(1000):
         if mode == 'raise_on_rank1' and comm.rank == 1 and step == 2:
             raise RuntimeError('injected failure on rank 1')
-        opt.update(model, x, t)
+        # a data-dependent branch that skips /l2 on rank 1 at the third step
+        skip = mode.startswith('skip_link') and comm.rank == 1 and step == 2
+        opt.update(model, x, t, skip)
     time.sleep(60)  # never reached when the fault is handled
 
 
