@@ -82,6 +82,8 @@ class CusolverCholesky(CholeskySolver):  # pragma: no cover - needs a GPU
             raise TypeError('chainerkfac: Cholesky of {} matrices is not '
                             'supported'.format(dtype))
         handle = device.get_cusolver_handle()
+        # run on the stream CuPy's own kernels of this step use
+        cusolver.setStream(handle, cupy.cuda.get_current_stream().ptr)
         uplo = cublas.CUBLAS_FILL_MODE_UPPER
         key = (cupy.cuda.Device().id, dtype.str, d)
         workspace = self._workspaces.get(key)

@@ -52,11 +52,13 @@ def pi_tracenorm(a_factor, g_factor):
         a_factor.dtype)
 
 
-def cholesky_inverse(matrix, status=None, slot=0):
+def cholesky_inverse(matrix, status=None, slot=0, overwrite=False):
     """Inverse of a symmetric positive definite matrix via Cholesky.
 
     Args:
-        matrix: symmetric ``(d, d)`` array (not modified).
+        matrix: symmetric ``(d, d)`` array (not modified unless
+            ``overwrite``: then, if C-contiguous, it is the solver's work
+            space and its content is lost; saves a copy of a fresh array).
         status: optional 1-D int32 array on the matrix's device. When given,
             nothing is raised and nothing is read back to the host:
             ``status[slot]`` becomes non-zero when the factorization failed
@@ -73,7 +75,9 @@ def cholesky_inverse(matrix, status=None, slot=0):
         status, slot = numpy.zeros(1, numpy.int32), 0
         if xp is not numpy:  # pragma: no cover - needs a GPU
             status = xp.asarray(status)
-    work = xp.ascontiguousarray(matrix).copy()
+    work = xp.ascontiguousarray(matrix)
+    if work is matrix and not overwrite:
+        work = work.copy()
     inverse = cholesky.solver_for(work).inverse(work, status, slot)
     diagonal = inverse.diagonal()
     bad = ~(xp.isfinite(diagonal) & (diagonal > 0)).all()

@@ -112,3 +112,17 @@ def test_damped_inverse_non_finite_raises():
     m[0, 1] = m[1, 0] = numpy.inf
     with pytest.raises(linalg.NotPositiveDefiniteError):
         linalg.damped_inverse(m, 1e-3)
+
+
+def test_cholesky_inverse_overwrite_uses_the_input_as_work_space(rng):
+    m = random_psd(rng, 4) + numpy.eye(4)
+    kept = m.copy()
+    expected = numpy.linalg.inv(kept)
+    numpy.testing.assert_allclose(linalg.cholesky_inverse(m.copy()), expected,
+                                  rtol=1e-10)
+    numpy.testing.assert_allclose(
+        linalg.cholesky_inverse(m, overwrite=True), expected, rtol=1e-10)
+    assert not numpy.array_equal(m, kept)  # no copy was made
+    fortran = numpy.asfortranarray(kept)   # not C-contiguous: copied anyway
+    linalg.cholesky_inverse(fortran, overwrite=True)
+    numpy.testing.assert_array_equal(fortran, kept)

@@ -158,7 +158,8 @@ class FisherBlock(object):
                         else status.xp.maximum(diagonal, floor))
         slot = status.statistic_slot(index, self.statistic_names.index(name))
         self.inverse[name] = linalg.cholesky_inverse(
-            linalg.add_diagonal(factor, diagonal), status.array, slot)
+            linalg.add_diagonal(factor, diagonal), status.array, slot,
+            overwrite=True)
         self._diagonal[name] = diagonal
         status.flag_fallback_if(index, status.array[slot] != 0)
 
