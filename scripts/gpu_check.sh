@@ -16,6 +16,8 @@
 #   pack         benchmarks/pack_bandwidth.py (pack kernel vs a copy)
 #   step_time    benchmarks/gpu_step_time.py (ResNet-50, 224, batch 32)
 #   smoke_fp16   the smoke run with fp16 training (3 iterations)
+#   comm_time    one step's collectives of ResNet-50 through 'mpi' (2 ranks
+#                on the one GPU, pinned staging) and 'pure_nccl' (1 rank)
 # It goes on past a failing step, writes every step's status and output, the
 # figures, the device and the date to benchmarks/results/gpu_check_<UTC>.md
 # (the whole output to .log beside it) and copies both into $OUT when set (the
@@ -30,9 +32,10 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 self="$root/scripts/gpu_check.sh"
 cd "$root"
 
-ALL_STEPS=(setup device tests equivalence smoke pack step_time smoke_fp16)
+ALL_STEPS=(setup device tests equivalence smoke pack step_time smoke_fp16 comm_time)
 declare -A LIMIT=([setup]=150 [device]=60 [tests]=200 [equivalence]=120
-                  [smoke]=180 [pack]=90 [step_time]=240 [smoke_fp16]=150)
+                  [smoke]=180 [pack]=90 [step_time]=240 [smoke_fp16]=150
+                  [comm_time]=180)
 
 export GPU_CHECK_PYTHON="${GPU_CHECK_PYTHON:-python3}"
 export GPU_CHECK_WHEELS="${GPU_CHECK_WHEELS:-$root/.gpu_wheels}"
@@ -170,6 +173,10 @@ EOF
 }
 step_pack() { "$py" benchmarks/pack_bandwidth.py; }
 step_step_time() { "$py" benchmarks/gpu_step_time.py; }
+step_comm_time() {
+  "$(mpiexec_path)" -n 2 "$py" benchmarks/comm_volume.py --time mpi --gpu --repeat 3 &&
+    "$py" benchmarks/comm_volume.py --time pure_nccl --gpu --repeat 3
+}
 
 if [ "${1:-}" = __step ]; then
   "step_$2"

@@ -1,16 +1,26 @@
 """Communicators: ChainerMN MPI communicators with K-FAC's packed collectives."""
+from chainerkfac.communicators.base import CommunicatorUnavailable  # NOQA
 from chainerkfac.communicators.mpi_communicator import MpiCommunicator  # NOQA
+from chainerkfac.communicators.nccl_communicator import PureNcclCommunicator  # NOQA
 from chainerkfac.communicators.packing import PackingPlan  # NOQA
 
 COMMUNICATOR_NAMES = ('mpi', 'pure_nccl')
 
 
-def create_communicator(name='mpi', mpi_comm=None, abort_on_exception=True):
+def create_communicator(name='mpi', mpi_comm=None, abort_on_exception=True,
+                        **options):
     """Creates a communicator for :class:`~chainerkfac.optimizers.DistributedKFAC`.
 
     Args:
-        name (str): ``'mpi'``: NumPy buffers through mpi4py (CPU; CuPy arrays
-            are staged through host memory). ``'pure_nccl'``: CuPy + NCCL.
+        name (str): ``'mpi'``: NumPy buffers through mpi4py; CuPy arrays are
+            packed on the device and staged through pinned host memory, or
+            handed to MPI on the device when MPI is CUDA-aware (option
+            ``cuda_aware``: True, False or None to ask the library).
+            ``'pure_nccl'``: CuPy + NCCL, one GPU per rank (options
+            ``mapping``: ``'auto'``, ``'grouped'`` or ``'padded'``, see
+            :mod:`~chainerkfac.communicators.nccl_mapping`; ``nccl_backend``:
+            ``'nccl'``, or ``'mpi_emulation'`` to run the same logic over
+            mpi4py on the CPU).
         mpi_comm: an ``mpi4py.MPI.Comm`` (default ``COMM_WORLD``).
         abort_on_exception (bool): with more than one process, install
             ChainerMN's global except hook: an uncaught exception on any rank
@@ -21,6 +31,12 @@ def create_communicator(name='mpi', mpi_comm=None, abort_on_exception=True):
         a subclass of ChainerMN's ``MpiCommunicatorBase``, so
         ``chainermn.scatter_dataset``, ``create_multi_node_evaluator`` and
         ``bcast_data`` accept it.
+
+    Raises:
+        CommunicatorUnavailable: ``'pure_nccl'`` with NCCL on a rank without
+            CuPy, without NCCL in CuPy, without a usable GPU, or with two
+            ranks of a node on one GPU; raised on every rank (they agree
+            first), one line naming the first such rank and what it lacks.
     """
     if mpi_comm is None:
         from mpi4py import MPI
@@ -28,13 +44,20 @@ def create_communicator(name='mpi', mpi_comm=None, abort_on_exception=True):
     if name not in COMMUNICATOR_NAMES:
         raise ValueError('chainerkfac: unknown communicator {!r}; choose one '
                          'of {}'.format(name, COMMUNICATOR_NAMES))
+    allowed = {'mpi': ('cuda_aware',),
+               'pure_nccl': ('mapping', 'nccl_backend')}[name]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise TypeError('chainerkfac: create_communicator({!r}) takes no '
+                        'option {}; its options: {}'.format(
+                            name, ', '.join(unknown), ', '.join(allowed)))
     if abort_on_exception and mpi_comm.size > 1:
         from chainermn import global_except_hook
         global_except_hook.add_hook()
     if name == 'mpi':
-        return MpiCommunicator(mpi_comm)
-    if name == 'pure_nccl':
-        raise NotImplementedError(
-            "chainerkfac: the 'pure_nccl' communicator needs CuPy with NCCL "
-            "and is not available in this version; use 'mpi', which stages "
-            "CuPy arrays through host memory")
+        return MpiCommunicator(mpi_comm, **options)
+    if options.get('nccl_backend', 'nccl') == 'nccl':
+        from chainerkfac.communicators import nccl_backend
+        nccl_backend.agree(mpi_comm, nccl_backend.nccl_problem(),
+                           "create_communicator('pure_nccl')")
+    return PureNcclCommunicator(mpi_comm, **options)

@@ -1,30 +1,25 @@
 """MPI communicator with the packed collectives of distributed K-FAC."""
 import numpy
 from chainer import backend
-from chainermn.communicators import mpi_communicator_base
 from mpi4py import MPI
 
+from chainerkfac.communicators.base import comm_dtype_of  # NOQA: F401
+from chainerkfac.communicators.base import MAX_PLANS  # NOQA: F401
+from chainerkfac.communicators.base import PackedCommunicator
+from chainerkfac.communicators.base import PendingReduceScatter
+from chainerkfac.communicators.base import ring_all_gather
+from chainerkfac.communicators.base import ring_allreduce  # NOQA: F401
+from chainerkfac.communicators.base import ring_reduce_scatter
 from chainerkfac.communicators.packing import fp16_exponents
 from chainerkfac.communicators.packing import max_abs
-from chainerkfac.communicators.packing import PackingPlan
 
-#: packing plans a communicator keeps (each a few bytes per array)
-MAX_PLANS = 64
-
-_COMM_DTYPES = {'float32': numpy.float32, 'float16': numpy.float16}
-
-
-def comm_dtype_of(name):
-    """``'float32'``/``'float16'`` (or the NumPy dtypes) to a NumPy dtype."""
-    dtype = _COMM_DTYPES.get(name, None) if isinstance(name, str) else name
-    if dtype not in (numpy.float32, numpy.float16):
-        raise ValueError("comm_dtype must be 'float32' or 'float16', got "
-                         "{!r}".format(name))
-    return numpy.dtype(dtype).type
+#: where a collective's buffer lives (see :func:`staging_mode`)
+STAGING_MODES = ('host', 'pinned', 'device')
 
 
 def _fp16_sum(inbuf, inoutbuf, datatype):
-    """MPI reduction op: elementwise fp16 sum, each addition done in fp32."""
+    """MPI reduction op: elementwise fp16 sum, each addition done in fp32
+    and rounded to fp16 (one rounding per addition, as NCCL adds fp16)."""
     a = numpy.frombuffer(inbuf, dtype=numpy.float16)
     b = numpy.frombuffer(inoutbuf, dtype=numpy.float16)
     b[...] = (a.astype(numpy.float32) + b.astype(numpy.float32)).astype(
@@ -34,100 +29,134 @@ def _fp16_sum(inbuf, inoutbuf, datatype):
 _FP16_SUM = None
 
 
-def _mpi_args(buffer):
+def fp16_sum_op():
+    """The MPI op that sums fp16 values carried as 16-bit words."""
+    global _FP16_SUM
+    if _FP16_SUM is None:
+        _FP16_SUM = MPI.Op.Create(_fp16_sum, commute=True)
+    return _FP16_SUM
+
+
+def sum_op(dtype):
+    """MPI op summing buffers of ``dtype`` (float32: ``MPI.SUM``)."""
+    return fp16_sum_op() if numpy.dtype(dtype) == numpy.float16 else MPI.SUM
+
+
+def mpi_args(buffer):
     """``[buffer, MPI type]``: fp16 travels as 16-bit words."""
     if buffer.dtype == numpy.float16:
         return [buffer, MPI.UINT16_T]
+    if buffer.dtype == numpy.float64:
+        return [buffer, MPI.DOUBLE]
     return [buffer, MPI.FLOAT]
 
 
-def ring_reduce_scatter(counts, rank):
-    """Values rank ``rank`` (sends, receives) in a ring reduce-scatter whose
-    segment ``r`` holds ``counts[r]`` values: every segment but its own
-    leaves it once, every segment but its predecessor's arrives once."""
-    total, p = sum(counts), len(counts)
-    return total - counts[rank], total - counts[(rank - 1) % p]
+
+def _loaded_mpi_libraries():
+    """Paths of the MPI libraries mapped into this process (Linux)."""
+    try:
+        with open('/proc/self/maps') as f:
+            paths = [line.split()[-1] for line in f if 'libmpi' in line]
+    except OSError:
+        return []
+    return sorted(set(p for p in paths if p.startswith('/')))
 
 
-def ring_all_gather(counts, rank):
-    """Values rank ``rank`` (sends, receives) in a ring all-gather."""
-    total, p = sum(counts), len(counts)
-    return total - counts[(rank + 1) % p], total - counts[rank]
+def mpi_cuda_support():
+    """Whether the MPI library says it takes CUDA device buffers.
+
+    Asks ``MPI.Query_cuda_support()`` where mpi4py has it, else the
+    ``MPIX_Query_cuda_support()`` extension of the MPI library this process
+    loaded (MPICH 4, Open MPI, MVAPICH2); False when nothing answers. The
+    PyPI MPICH and Open MPI wheels answer 0 (built without CUDA).
+    """
+    query = getattr(MPI, 'Query_cuda_support', None)
+    if query is not None:
+        return bool(query())
+    import ctypes
+    for path in [None] + _loaded_mpi_libraries():
+        try:
+            function = getattr(ctypes.CDLL(path), 'MPIX_Query_cuda_support')
+        except (OSError, AttributeError):
+            continue
+        function.restype = ctypes.c_int
+        function.argtypes = []
+        return bool(function())
+    return False
 
 
-def ring_allreduce(n, size):
-    """Values each rank sends (= receives) in a ring all-reduce of ``n``:
-    a reduce-scatter then an all-gather of ``n / size`` chunks."""
-    return 2 * (size - 1) * n // size
+def staging_mode(any_device_array, cuda_aware, fp16_reduction):
+    """Where a collective's buffer lives.
+
+    ``'host'``: every array is NumPy, so is the buffer. ``'device'``: some
+    array is on a GPU and MPI takes device buffers (``cuda_aware``), so the
+    arrays are packed on the device (host arrays copied there first) and the
+    device buffer goes to MPI; except for fp16 sums, whose reduction op runs
+    in Python on host memory. ``'pinned'``: device arrays packed on the
+    device, staged through a kept pinned host buffer (one copy each way per
+    run of arrays on one device).
+    """
+    if not any_device_array:
+        return 'host'
+    if cuda_aware and not fp16_reduction:
+        return 'device'
+    return 'pinned'
 
 
-class PendingReduceScatter(object):
-    """Handle of a non-blocking :meth:`MpiCommunicator.start_reduce_scatter_v`."""
-
-    def __init__(self, request, finish):
-        self._request, self._finish = request, finish
-
-    def wait(self):
-        """Waits for the collective and returns this rank's arrays."""
-        if self._request is not None:
-            self._request.Wait()
-        return self._finish()
+def _device_of(arrays):
+    """The CuPy device id of the first device array, or None."""
+    for a in arrays:
+        if not isinstance(a, numpy.ndarray):  # pragma: no cover - needs a GPU
+            return a.device.id
+    return None
 
 
-class MpiCommunicator(mpi_communicator_base.MpiCommunicatorBase):
+class MpiCommunicator(PackedCommunicator):
     """ChainerMN MPI communicator with K-FAC's packed collectives.
 
-    Arrays are NumPy (CPU) or CuPy; a collective's device arrays are packed
-    on the device by one kernel launch and staged through host memory by one
-    copy each way. Host buffers are kept and reused across steps (grown when
-    a step needs more).
+    Arrays are NumPy (CPU) or CuPy. A collective's device arrays are packed
+    on the device by one kernel launch per run of arrays on one device, into
+    a kept device buffer, and staged through a kept pinned host buffer by
+    one copy each way; with a CUDA-aware MPI (``cuda_aware``, asked of the
+    library by default: :func:`mpi_cuda_support`) the device buffer goes to
+    MPI directly (fp16 sums excepted: see :func:`staging_mode`).
 
     Byte counters (:attr:`bytes_sent`, :attr:`bytes_received`, cumulative;
     see :meth:`reset_traffic`) count what this rank moves under the
     bandwidth-optimal ring algorithms: a reduce-scatter of segments
     ``c_0..c_{p-1}`` sends ``total - c_rank`` values, an all-gather receives
     ``total - c_rank``, an all-reduce of n values moves ``2 (p-1)/p n``.
+
+    Args:
+        mpi_comm: an ``mpi4py.MPI.Comm``.
+        cuda_aware (bool or None): whether MPI takes CUDA device buffers
+            (None: ask the library).
     """
 
-    def __init__(self, mpi_comm):
+    def __init__(self, mpi_comm, cuda_aware=None):
         super(MpiCommunicator, self).__init__(mpi_comm)
-        self._buffers = {}
-        self._plans = {}
-        self.reset_traffic()
+        self.cuda_aware = (mpi_cuda_support() if cuda_aware is None
+                           else bool(cuda_aware))
 
-    # --- bookkeeping ------------------------------------------------------
-    def reset_traffic(self):
-        """Zeroes :attr:`bytes_sent` and :attr:`bytes_received`."""
-        self.bytes_sent = 0
-        self.bytes_received = 0
+    # --- buffers ----------------------------------------------------------
+    def _allocate(self, size, dtype, kind):
+        if kind == 'host':
+            return numpy.empty(size, dtype=dtype)
+        import cupy  # pragma: no cover - needs a GPU
+        if kind == 'pinned':  # pragma: no cover - needs a GPU
+            import cupyx
+            return cupyx.empty_pinned(size, dtype=dtype)
+        with cupy.cuda.Device(kind[1]):  # pragma: no cover - needs a GPU
+            return cupy.empty(size, dtype=dtype)
 
-    def _buffer(self, purpose, size, dtype):
-        key = (purpose, numpy.dtype(dtype).str)
-        buf = self._buffers.get(key)
-        if buf is None or buf.size < size:
-            buf = numpy.empty(max(size, 1), dtype=dtype)
-            self._buffers[key] = buf
-        return buf[:size]
-
-    def _plan(self, items):
-        """The cached :class:`PackingPlan` of ``items`` (the most recently
-        used :data:`MAX_PLANS` are kept: under stale statistics the list of
-        arrays changes from step to step)."""
-        key = tuple(items)
-        plan = self._plans.pop(key, None)
-        if plan is None:
-            plan = PackingPlan(items)
-            while len(self._plans) >= MAX_PLANS:
-                self._plans.pop(next(iter(self._plans)))
-        self._plans[key] = plan
-        return plan
-
-    def _plans_of(self, arrays_per_rank):
-        if len(arrays_per_rank) != self.size:
-            raise ValueError('expected one list of arrays per rank ({}), got '
-                             '{}'.format(self.size, len(arrays_per_rank)))
-        return [self._plan([(a.shape, sym) for a, sym in seg])
-                for seg in arrays_per_rank]
+    def _staged_buffer(self, purpose, size, dtype, arrays, fp16_reduction):
+        """The buffer handed to MPI for ``arrays`` (see :func:`staging_mode`)."""
+        device = _device_of(arrays)
+        mode = staging_mode(device is not None, self.cuda_aware,
+                            fp16_reduction)
+        if mode == 'device':  # pragma: no cover - needs a GPU
+            return self._buffer(purpose, size, dtype, ('device', device))
+        return self._buffer(purpose, size, dtype, mode)
 
     def _global_exponents(self, arrays):
         """fp16 scale exponents of ``arrays``, agreed by all ranks (one MAX
@@ -136,108 +165,60 @@ class MpiCommunicator(mpi_communicator_base.MpiCommunicatorBase):
         total = numpy.empty_like(local)
         self.mpi_comm.Allreduce(local, total, op=MPI.MAX)
         self._count_allreduce(local.size, local.itemsize)
-        return fp16_exponents(total, n_terms=self.size)
-
-    def _count_allreduce(self, n, itemsize):
-        moved = ring_allreduce(n, self.size) * itemsize
-        self.bytes_sent += moved
-        self.bytes_received += moved
-
-    def _count(self, sent_received, itemsize):
-        self.bytes_sent += sent_received[0] * itemsize
-        self.bytes_received += sent_received[1] * itemsize
+        return self._exponents(total)
 
     # --- collectives ------------------------------------------------------
-    def multi_node_mean_grad(self, model, zero_fill=False):
-        """Averages the gradients of ``model`` over ranks (one all-reduce)."""
-        params = [p for _, p in sorted(model.namedparams())
-                  if p.array is not None and (p.grad is not None or zero_fill)]
-        for p in params:
-            if p.grad is None:
-                p.grad = p.xp.zeros_like(p.array)
-        means = self.allreduce_mean([p.grad for p in params])
-        for p, mean in zip(params, means):
-            p.grad[...] = mean
-
     def allreduce_mean(self, arrays, comm_dtype='float32'):
         """Means over ranks of a list of arrays, through one packed buffer.
 
         Returns:
-            list: new arrays (dtype and shape of the inputs).
+            list: new arrays (dtype, shape and device of the inputs).
         """
         if not arrays:
             return []
         dtype = comm_dtype_of(comm_dtype)
+        fp16 = dtype == numpy.float16
         plan = self._plan([(a.shape, False) for a in arrays])
-        send = self._buffer('allreduce', plan.size, dtype)
-        scales = None
-        if dtype == numpy.float16:
-            scales = 2.0 ** self._global_exponents(arrays)
-        self._pack(plan, arrays, send, scales)
-        op = MPI.SUM if dtype == numpy.float32 else self._fp16_op()
-        self.mpi_comm.Allreduce(MPI.IN_PLACE, _mpi_args(send), op=op)
+        send = self._staged_buffer('allreduce', plan.size, dtype, arrays,
+                                   fp16)
+        scales = 2.0 ** self._global_exponents(arrays) if fp16 else None
+        self._pack(plan, arrays, send, scales, 'allreduce')
+        self.mpi_comm.Allreduce(MPI.IN_PLACE, mpi_args(send),
+                                op=sum_op(dtype))
         self._count_allreduce(plan.size, send.itemsize)
         divisors = self.size * (numpy.ones(len(plan)) if scales is None
                                 else scales)
-        return self._unpack(plan, send, divisors, arrays)
-
-    def reduce_scatter_v(self, arrays_per_rank, comm_dtype='float32'):
-        """Sums arrays over ranks and gives each rank the mean of its own.
-
-        Args:
-            arrays_per_rank: ``arrays_per_rank[r]`` is the list of
-                ``(array, symmetric)`` pairs owned by rank ``r`` (the same
-                shapes on every rank). Symmetric matrices travel as upper
-                triangles.
-            comm_dtype: ``'float32'`` or ``'float16'`` (scaled by per-array
-                powers of two so that the sum over ranks stays below
-                ``2**14``: relative rounding ~``2**-11`` per value and
-                addition; values below ``max * 2**-24`` flush to zero).
-
-        Returns:
-            list: this rank's arrays, averaged over ranks (new arrays, in
-            the inputs' dtypes).
-        """
-        return self.start_reduce_scatter_v(
-            arrays_per_rank, comm_dtype, blocking=True).wait()
+        return self._unpack(plan, send, divisors, arrays, 'allreduce')
 
     def start_reduce_scatter_v(self, arrays_per_rank, comm_dtype='float32',
                                blocking=False, purpose='rs'):
         """Non-blocking :meth:`reduce_scatter_v` (``MPI_Ireduce_scatter``);
         ``.wait()`` on the returned handle gives the arrays."""
         dtype = comm_dtype_of(comm_dtype)
-        plans = self._plans_of(arrays_per_rank)
-        counts = [p.size for p in plans]
-        total = sum(counts)
-        own = plans[self.rank]
-        flat = [a for seg in arrays_per_rank for a, _ in seg]
-        if total == 0:
+        fp16 = dtype == numpy.float16
+        layout = self._reduce_scatter_layout(arrays_per_rank)
+        counts, r = layout.counts, self.rank
+        if layout.total == 0:
             return PendingReduceScatter(None, lambda: [])
-        send = self._buffer(purpose + '_send', total, dtype)
-        recv = self._buffer(purpose + '_recv', counts[self.rank], dtype)
-        scales = None
-        if dtype == numpy.float16:
-            scales = 2.0 ** self._global_exponents(flat)
-        self._pack(self._plan([(a.shape, sym) for seg in arrays_per_rank
-                               for a, sym in seg]), flat, send, scales)
-        op = MPI.SUM if dtype == numpy.float32 else self._fp16_op()
-        args = (_mpi_args(send), _mpi_args(recv), counts, op)
+        send = self._staged_buffer(purpose + '_send', layout.total, dtype,
+                                   layout.flat, fp16)
+        recv = self._staged_buffer(purpose + '_recv', counts[r], dtype,
+                                   layout.flat, fp16)
+        scales = 2.0 ** self._global_exponents(layout.flat) if fp16 else None
+        self._pack(self._plan(layout.flat_items), layout.flat, send, scales,
+                   purpose + '_send')
+        args = (mpi_args(send), mpi_args(recv), counts, sum_op(dtype))
         if blocking:
             self.mpi_comm.Reduce_scatter(*args)
             request = None
         else:
             request = self.mpi_comm.Ireduce_scatter(*args)
-        p, r = self.size, self.rank
         self._count(ring_reduce_scatter(counts, r), send.itemsize)
-        first = sum(len(plans[q]) for q in range(r))
-        own_arrays = [a for a, _ in arrays_per_rank[r]]
-        own_scales = (None if scales is None
-                      else scales[first:first + len(own)])
+        divisors = layout.own_divisors(self.size, scales)
 
         def finish():
-            divisors = p * (numpy.ones(len(own)) if own_scales is None
-                            else own_scales)
-            return self._unpack(own, recv, divisors, own_arrays)
+            return self._unpack(layout.own_plan, recv, divisors,
+                                layout.own_arrays, purpose + '_recv')
         return PendingReduceScatter(request, finish)
 
     def all_gather_v(self, arrays_per_rank, comm_dtype='float32'):
@@ -257,27 +238,25 @@ class MpiCommunicator(mpi_communicator_base.MpiCommunicatorBase):
             arrays; this rank's own after the same rounding trip).
         """
         dtype = comm_dtype_of(comm_dtype)
-        plans = [self._plan([(a.shape, False) for a in seg])
-                 for seg in arrays_per_rank]
-        head = [len(p) if dtype == numpy.float16 else 0 for p in plans]
-        counts = [h + p.size for h, p in zip(head, plans)]
+        plans, head, counts = self._all_gather_plans(arrays_per_rank, dtype)
         total = sum(counts)
         if total == 0:
             return [[] for _ in plans]
         r = self.rank
         own = arrays_per_rank[r]
-        send = self._buffer('ag_send', counts[r], dtype)
+        every = [a for seg in arrays_per_rank for a in seg]
+        send = self._staged_buffer('ag_send', counts[r], dtype, every, False)
         scales = None
         if dtype == numpy.float16:
             ks = fp16_exponents(max_abs(own))
-            send[:head[r]] = ks
+            _write(send[:head[r]], ks)
             scales = 2.0 ** ks
-        self._pack(plans[r], own, send[head[r]:], scales)
-        recv = self._buffer('ag_recv', total, dtype)
+        self._pack(plans[r], own, send[head[r]:], scales, 'ag_send')
+        recv = self._staged_buffer('ag_recv', total, dtype, every, False)
         displs = [0]
         for c in counts[:-1]:
             displs.append(displs[-1] + c)
-        mpi_type = _mpi_args(send)[1]
+        mpi_type = mpi_args(send)[1]
         self.mpi_comm.Allgatherv([send, mpi_type],
                                  [recv, counts, displs, mpi_type])
         self._count(ring_all_gather(counts, r), send.itemsize)
@@ -286,45 +265,54 @@ class MpiCommunicator(mpi_communicator_base.MpiCommunicatorBase):
             seg = recv[displs[q]:displs[q] + counts[q]]
             divisors = None
             if head[q]:
-                divisors = 2.0 ** seg[:head[q]].astype(numpy.float64)
+                divisors = 2.0 ** _to_numpy(seg[:head[q]]).astype(
+                    numpy.float64)
             out.append(self._unpack(plan, seg[head[q]:], divisors,
-                                    arrays_per_rank[q]))
+                                    arrays_per_rank[q], 'ag_recv'))
         return out
 
     # --- helpers ----------------------------------------------------------
-    def _fp16_op(self):
-        global _FP16_SUM
-        if _FP16_SUM is None:
-            _FP16_SUM = MPI.Op.Create(_fp16_sum, commute=True)
-        return _FP16_SUM
-
-    @staticmethod
-    def _pack(plan, arrays, host_buffer, scales):
-        """Packs ``arrays`` (the whole plan) into ``host_buffer``, each where
-        it lives: a run of device arrays is packed on the device by one
-        launch and copied to the host once; host arrays are packed in place.
+    def _pack(self, plan, arrays, buffer, scales, purpose):
+        """Packs ``arrays`` (the whole plan) into ``buffer``, each where it
+        lives: a run of device arrays is packed on the device by one launch
+        into a kept device buffer and copied to the (pinned) host buffer
+        once; host arrays are packed in place. A device ``buffer`` (CUDA-aware
+        MPI) gets every array by one launch, and the stream is synchronised
+        before MPI reads it.
 
         ``scales``: None or a float64 NumPy vector (powers of two).
         """
+        if not isinstance(buffer, numpy.ndarray):  # pragma: no cover - GPU
+            xp = backend.get_array_module(buffer)
+            with buffer.device:
+                on_device = [xp.asarray(a) for a in arrays]
+                plan.pack(on_device, buffer, None if scales is None
+                          else xp.asarray(scales, numpy.float32))
+                xp.cuda.get_current_stream().synchronize()
+            return
         for start, stop, xp in _runs(arrays):
             first, last = plan.bounds(start, stop)
             run_scales = None
             if scales is not None:
                 run_scales = xp.asarray(scales[start:stop], numpy.float32)
             if xp is numpy:
-                plan.pack(arrays[start:stop], host_buffer[first:last],
+                plan.pack(arrays[start:stop], buffer[first:last],
                           run_scales, start, stop)
             else:  # pragma: no cover - needs a GPU
-                staging = xp.empty(last - first, host_buffer.dtype)
+                staging = self._buffer(
+                    purpose + '_staging', plan.size, buffer.dtype,
+                    ('device', arrays[start].device.id))[first:last]
                 plan.pack(arrays[start:stop], staging, run_scales, start, stop)
-                staging.get(out=host_buffer[first:last])
+                staging.get(out=buffer[first:last])
 
-    @staticmethod
-    def _unpack(plan, host_buffer, divisors, like):
+    def _unpack(self, plan, buffer, divisors, like, purpose):
         """New arrays with the dtypes, shapes and devices of ``like``, from
-        ``host_buffer`` divided by ``divisors`` (None or a float64 NumPy
-        vector): a run of device arrays is copied to the device once and
-        unpacked by one launch."""
+        ``buffer`` divided by ``divisors`` (None or a float64 NumPy vector):
+        a run of device arrays is copied to a kept device buffer once and
+        unpacked by one launch; a device ``buffer`` is unpacked by one
+        launch (host arrays of ``like`` are then copied back)."""
+        if not isinstance(buffer, numpy.ndarray):  # pragma: no cover - GPU
+            return _unpack_device(plan, buffer, divisors, like)
         outs = [backend.get_array_module(ref).empty(ref.shape, ref.dtype)
                 for ref in like]
         for start, stop, xp in _runs(like):
@@ -332,11 +320,42 @@ class MpiCommunicator(mpi_communicator_base.MpiCommunicatorBase):
             run_divisors = None
             if divisors is not None:
                 run_divisors = xp.asarray(divisors[start:stop], numpy.float32)
-            source = host_buffer[first:last]
+            source = buffer[first:last]
             if xp is not numpy:  # pragma: no cover - needs a GPU
-                source = xp.asarray(source)
+                staging = self._buffer(
+                    purpose + '_staging', plan.size, buffer.dtype,
+                    ('device', like[start].device.id))[first:last]
+                staging.set(source)   # from pinned memory: synchronous
+                source = staging
             plan.unpack(source, outs[start:stop], run_divisors, start, stop)
         return outs
+
+
+def _unpack_device(plan, buffer, divisors, like):  # pragma: no cover - GPU
+    """Unpacks a device buffer by one launch; host ``like`` arrays get host
+    copies of their results."""
+    xp = backend.get_array_module(buffer)
+    with buffer.device:
+        outs = [xp.empty(ref.shape, ref.dtype) for ref in like]
+        plan.unpack(buffer, outs, None if divisors is None
+                    else xp.asarray(divisors, numpy.float32))
+        return [out.get() if isinstance(ref, numpy.ndarray) else out
+                for out, ref in zip(outs, like)]
+
+
+def _write(buffer, values):
+    """``buffer[...] = values`` (a NumPy vector) wherever ``buffer`` is."""
+    if isinstance(buffer, numpy.ndarray):
+        buffer[...] = values
+    else:  # pragma: no cover - needs a GPU
+        buffer[...] = backend.get_array_module(buffer).asarray(
+            values.astype(buffer.dtype))
+
+
+def _to_numpy(array):
+    if isinstance(array, numpy.ndarray):
+        return array
+    return array.get()  # pragma: no cover - needs a GPU
 
 
 def _runs(arrays):

@@ -118,6 +118,19 @@ def max_abs(arrays):
     return out
 
 
+def max_abs_vector(arrays, xp):
+    """Max |value| of each array as a float64 vector of ``xp`` (0 for an
+    empty array), computed where the arrays are, without a read-back: the
+    values of :func:`max_abs`."""
+    if xp is numpy:
+        return max_abs(arrays)
+    out = xp.zeros(len(arrays), numpy.float64)  # pragma: no cover - GPU
+    for i, a in enumerate(arrays):  # pragma: no cover - needs a GPU
+        if a.size:
+            out[i] = abs(a).max().astype(numpy.float64)
+    return out  # pragma: no cover - needs a GPU
+
+
 def fp16_exponents(max_values, n_terms=1):
     """Power-of-two scales that bring ``n_terms * max`` near ``FP16_TARGET``.
 

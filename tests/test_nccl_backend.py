@@ -1,0 +1,169 @@
+"""The NCCL adapter and CuPy arrays through the communicators, on one GPU.
+
+Every test is marked ``gpu`` (tests/conftest.py skips them without a CUDA
+device); those of the NCCL adapter also skip, naming it, where CuPy has no
+NCCL. One rank: NCCL refuses two ranks on one GPU, so the sums are over one
+rank and the test is that each primitive moves the right bytes, on the right
+stream, against NumPy. Written on a machine without a GPU: not run yet
+(``scripts/gpu_check.sh`` runs them).
+"""
+import numpy
+import pytest
+
+pytestmark = pytest.mark.gpu
+
+DTYPES = [numpy.float16, numpy.float32, numpy.float64]
+
+
+@pytest.fixture
+def cp():  # pragma: no cover - needs a GPU
+    import cupy
+    return cupy
+
+
+@pytest.fixture
+def nccl():  # pragma: no cover - needs a GPU
+    from mpi4py import MPI
+
+    from chainerkfac.communicators import nccl_backend
+    problem = nccl_backend.nccl_problem()
+    if problem is not None:
+        pytest.skip('NCCL adapter: ' + problem)
+    return nccl_backend.NcclBackend(MPI.COMM_WORLD, 0)
+
+
+@pytest.mark.parametrize('dtype', DTYPES)
+def test_each_primitive_against_numpy(cp, nccl, dtype):  # pragma: no cover
+    rng = numpy.random.RandomState(0)
+    host = rng.randn(12).astype(dtype)
+    send = cp.asarray(host)
+    stream = nccl.current_stream()
+
+    def check(device, want):
+        numpy.testing.assert_array_equal(nccl.to_host(device, stream), want)
+
+    recv = cp.full(12, numpy.nan, dtype)
+    nccl.all_reduce(send, recv, 'sum', stream)
+    check(recv, host)
+    if dtype != numpy.float16:
+        nccl.all_reduce(send, recv, 'max', stream)
+        check(recv, host)
+    inplace = send.copy()
+    nccl.all_reduce(inplace, inplace, 'sum', stream)
+    check(inplace, host)
+    recv[...] = numpy.nan
+    nccl.reduce(send, recv, 0, 'sum', stream)
+    check(recv, host)
+    buf = send.copy()
+    nccl.bcast(buf, 0, stream)
+    check(buf, host)
+    recv[...] = numpy.nan
+    nccl.reduce_scatter(send, recv, 'sum', stream)
+    check(recv, host)
+    recv[...] = numpy.nan
+    nccl.all_gather(send, recv, stream)
+    check(recv, host)
+    recv[...] = numpy.nan
+    with nccl.group():
+        nccl.reduce(send[:5], recv[:5], 0, 'sum', stream)
+        nccl.reduce(send[5:], None, 0, 'sum', stream)
+    check(recv[:5], host[:5])
+    with pytest.raises(ValueError, match='recv buffer of 12'):
+        nccl.all_gather(send, recv[:6], stream)
+
+
+def test_side_stream_ordered_by_events(cp, nccl):  # pragma: no cover
+    caller = nccl.current_stream()
+    side = nccl.new_stream()
+    assert side is not caller
+    big = cp.arange(1 << 22, dtype=numpy.float32)
+    out = cp.empty_like(big)
+    with caller:
+        big *= 2                          # queued before the collective
+    side.wait_event(caller.record())
+    nccl.all_reduce(big, out, 'sum', side)
+    caller.wait_event(side.record())
+    numpy.testing.assert_array_equal(
+        nccl.to_host(out[-3:], caller),
+        2 * numpy.arange((1 << 22) - 3, 1 << 22, dtype=numpy.float32))
+
+
+def per_rank(cp, rng):  # pragma: no cover - needs a GPU
+    a = rng.randn(5, 5).astype(numpy.float32)
+    arrays = [((a + a.T) / 2, True), (rng.randn(7).astype(numpy.float32),
+                                      False)]
+    return [[(cp.asarray(x), sym) for x, sym in arrays]], arrays
+
+
+@pytest.mark.parametrize('mapping', ['grouped', 'padded'])
+@pytest.mark.parametrize('comm_dtype', ['float32', 'float16'])
+def test_pure_nccl_on_one_gpu(cp, nccl, mapping,
+                              comm_dtype):  # pragma: no cover - needs a GPU
+    from mpi4py import MPI
+
+    from chainerkfac.communicators import MpiCommunicator
+    from chainerkfac.communicators import PureNcclCommunicator
+    comm = PureNcclCommunicator(MPI.COMM_WORLD, nccl, mapping)
+    reference = MpiCommunicator(MPI.COMM_WORLD, cuda_aware=False)
+    rng = numpy.random.RandomState(1)
+    device, host = per_rank(cp, rng)
+    rtol = 0 if comm_dtype == 'float32' else 2e-3
+
+    def same(got, want):
+        for g, w in zip(got, want):
+            assert isinstance(g, cp.ndarray)
+            numpy.testing.assert_allclose(cp.asnumpy(g), w, rtol=rtol,
+                                          atol=rtol * abs(w).max())
+    want = reference.reduce_scatter_v([host], comm_dtype)
+    same(comm.reduce_scatter_v(device, comm_dtype), want)
+    pending = comm.start_reduce_scatter_v(device, comm_dtype,
+                                          purpose='rs_forward')
+    same(pending.wait(), want)
+    own = [a for a, _ in device[0]] + [numpy.arange(3, dtype=numpy.float32)]
+    got = comm.all_gather_v([own], comm_dtype)
+    assert isinstance(got[0][-1], numpy.ndarray)      # a host array back
+    same(got[0][:-1], [a for a, _ in host])
+    numpy.testing.assert_allclose(got[0][-1], numpy.arange(3), rtol=rtol)
+    same(comm.allreduce_mean([a for a, _ in device[0]], comm_dtype),
+         [a for a, _ in host])
+
+
+def test_mpi_stages_cupy_through_pinned_memory(cp):  # pragma: no cover
+    from mpi4py import MPI
+
+    from chainerkfac.communicators import MpiCommunicator
+    comm = MpiCommunicator(MPI.COMM_WORLD, cuda_aware=False)
+    rng = numpy.random.RandomState(2)
+    device, host = per_rank(cp, rng)
+    for comm_dtype in ('float32', 'float16'):
+        got = comm.reduce_scatter_v(device, comm_dtype)
+        for g, (w, _) in zip(got, host):
+            assert isinstance(g, cp.ndarray)
+            numpy.testing.assert_allclose(cp.asnumpy(g), w, rtol=2e-3,
+                                          atol=2e-3 * abs(w).max())
+    kinds = set(key[2] for key in comm._buffers)
+    assert 'pinned' in kinds and ('device', 0) in kinds, kinds
+    pinned = [b for k, b in comm._buffers.items() if k[2] == 'pinned']
+    for buf in pinned:
+        attributes = cp.cuda.runtime.pointerGetAttributes(buf.ctypes.data)
+        assert attributes.type == 1       # cudaMemoryTypeHost: pinned
+    before = dict(comm._buffers)
+    comm.reduce_scatter_v(device, 'float32')
+    assert all(comm._buffers[k] is v for k, v in before.items())
+
+
+def test_cuda_aware_mpi_takes_device_buffers(cp):  # pragma: no cover
+    from mpi4py import MPI
+
+    from chainerkfac.communicators import mpi_communicator
+    if not mpi_communicator.mpi_cuda_support():
+        pytest.skip('this MPI is not CUDA-aware (MPIX_Query_cuda_support '
+                    'is 0)')
+    comm = mpi_communicator.MpiCommunicator(MPI.COMM_WORLD)
+    rng = numpy.random.RandomState(3)
+    device, host = per_rank(cp, rng)
+    got = comm.reduce_scatter_v(device, 'float32')
+    for g, (w, _) in zip(got, host):
+        numpy.testing.assert_array_equal(cp.asnumpy(g), w)
+    assert any(key[2] == ('device', 0) and key[0] == 'rs_send'
+               for key in comm._buffers)
