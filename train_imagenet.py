@@ -13,9 +13,17 @@ normalised with the per-channel ImageNet mean and std (0-255 scale); with
 ``--mean mean.npy`` (``(C,)`` or a ``(C, H, W)`` mean image, whose top-left
 crop is used as in the original), ``x = (x - mean) / 255``.
 
-Each rank writes its own snapshot ``snapshot_iter_<N>_rank<r>`` (momentum
-and curvature live with the owner of each block); ``--resume`` takes any
-rank's file (``..._rank0``) and every rank loads its own.
+Snapshots are directories ``snapshot_iter_<N>/``: rank 0 writes the shared
+state once (``shared.npz``: model, BN statistics, counters, schedule, log) and
+every rank its own ``rank<r>.npz`` (the momentum and curvature of the blocks
+it owns, its iterator and random states;
+:mod:`chainerkfac.training.checkpoint`).
+``--resume DIR/snapshot_iter_<N>`` works on any number of processes: on as
+many as wrote it the run continues exactly; on another number the owned
+state moves to the new owners and the data shards are re-split (see
+:func:`resume`). Snapshots of the earlier per-rank format
+(``snapshot_iter_<N>_rank<r>``, every rank the whole trainer) resume on as
+many processes as wrote them.
 
 With ``--gpu`` each rank trains on its node-local GPU (``comm.intra_rank``):
 the model (and so the optimizer's state) lives there and the updater's and
@@ -45,6 +53,7 @@ from chainer.training import extensions
 from chainerkfac.datasets import image_list
 from chainerkfac.datasets.augment import BatchAugmenter
 from chainerkfac.datasets.augment import RandomStateExtension
+from chainerkfac.training import checkpoint
 from chainerkfac.training import config as config_module
 from chainerkfac.training import device as device_module
 from chainerkfac.training import extensions as kfac_extensions
@@ -55,9 +64,18 @@ from models import resnet
 CONFIG_OPTIONS = ('arch', 'batchsize', 'acc_iters', 'epoch', 'val_batchsize',
                   'crop_size')
 
+#: snapshot keys that differ between ranks (each rank's file holds its own)
+RANK_LOCAL = ('updater/iterator:main', 'extensions/random_state')
+OPTIMIZER_PATH = 'updater/optimizer:main'
+
 
 class UsageError(Exception):
     """Bad input found before or at the first step; exit with its message."""
+
+
+class AgreedUsageError(UsageError):
+    """A UsageError every rank raises with the same message: rank 0 prints it
+    once and every rank exits (no abort)."""
 
 
 def parse_args(argv=None):
@@ -80,7 +98,9 @@ def parse_args(argv=None):
                    help='classes of the model (default: max train label + 1)')
     p.add_argument('--channels', type=int, choices=(1, 3), default=3)
     p.add_argument('--out', default='result')
-    p.add_argument('--resume', help='a snapshot_iter_<N>_rank<r> file')
+    p.add_argument('--resume', help='a snapshot_iter_<N> directory (on any '
+                   'number of processes), or a snapshot_iter_<N>_rank<r> '
+                   'file of the earlier per-rank format')
     p.add_argument('--snapshot_interval', type=int, default=None,
                    help='iterations between snapshots (default: one per '
                    'epoch); one is always taken at the end')
@@ -202,25 +222,110 @@ def build_optimizer(config, comm, model):
 
 
 def resume_path(path, rank):
-    """This rank's file for ``--resume`` given any rank's file."""
+    """This rank's file for ``--resume`` given any rank's file of the
+    earlier per-rank format."""
     match = re.match(r'^(.*_rank)\d+$', path)
     if match is None:
-        raise UsageError('--resume {}: expected a snapshot_iter_<N>_rank<r> '
-                         'file written by this script'.format(path))
+        raise UsageError('--resume {}: expected a snapshot_iter_<N> '
+                         'directory written by this script'.format(path))
     return '{}{}'.format(match.group(1), rank)
 
 
-def resume(trainer, path, rank):
-    own = resume_path(path, rank)
+def legacy_processes(path):
+    """Number of ``<prefix>_rank<r>`` files beside ``path`` (earlier
+    per-rank format)."""
+    directory, name = os.path.split(path)
+    prefix = re.match(r'^(.*_rank)\d+$', name).group(1)
+    pattern = re.compile(re.escape(prefix) + r'\d+$')
+    return sum(1 for f in os.listdir(directory or '.') if pattern.match(f))
+
+
+def snapshot_directory(path):
+    """The snapshot directory ``--resume`` names (the directory, or one of
+    its files), or None for a file of the earlier per-rank format."""
+    path = os.path.normpath(path)
+    if os.path.isdir(path):
+        return path
+    name = os.path.basename(path)
+    if name == checkpoint.SHARED or re.match(r'^rank\d+\.npz$', name):
+        return os.path.dirname(path)
+    if re.match(r'^.*_rank\d+$', name):
+        return None
+    return path   # load() says what is wrong with it
+
+
+def resume_legacy(trainer, path, comm):
+    """A snapshot of the earlier format: every rank loads its own file, on
+    as many processes as wrote them."""
+    written = legacy_processes(path) if os.path.isdir(
+        os.path.dirname(path) or '.') else 0
+    if written and written != comm.size:
+        raise AgreedUsageError(
+            '--resume {}: a per-rank snapshot of the earlier format, written '
+            'by {} processes, resumes only on {} processes, not on {} '
+            '(snapshots written by this version resume on any number)'.format(
+                path, written, written, comm.size))
+    own = resume_path(path, comm.rank)
     if not os.path.isfile(own):
         raise UsageError('--resume: no snapshot {} for rank {} (was the '
-                         'run made with as many processes?)'.format(own, rank))
+                         'run made with as many processes?)'.format(
+                             own, comm.rank))
     try:
-        serializers.load_npz(own, trainer)
+        with warnings.catch_warnings():
+            # the triggers inside AnyOf were not saved by the earlier format;
+            # IntervalTrigger then guesses their state right (each is called
+            # every iteration) but warns
+            warnings.filterwarnings('ignore', 'The previous value of',
+                                    UserWarning)
+            serializers.load_npz(own, trainer)
     except (KeyError, ValueError, TypeError) as e:
         raise UsageError('--resume {} does not match this model and '
                          'configuration ({}: {})'.format(
                              own, type(e).__name__, e))
+
+
+def resume(trainer, path, comm, optimizer, data):
+    """Loads ``--resume``; on another number of processes than wrote it,
+    re-splits the data.
+
+    What a resumed run on another process count keeps: the model, BN
+    statistics, the optimizer's step counter and refresh schedule, every
+    block's momentum, EMAs, inverses and damping floors (on its new owner),
+    the plain parameters' momentum, the iteration and epoch counters, the
+    log, and the epoch fraction reached (to one example of the new shard),
+    hence the learning-rate schedule (a function of the epoch). What it
+    cannot keep: the exact sample order and each rank's augmentation draws
+    (the shards change; each rank's random states are reseeded from
+    ``--seed``, the process count, its rank and the iteration, so a resume
+    repeats), and, with the same per-process batch size, the global batch.
+    The rest of the interrupted epoch draws each new shard's examples that
+    no rank drew yet in this epoch first
+    (:func:`chainerkfac.training.checkpoint.reposition_iterator`); running
+    mixup's partner batch is old rank ``r % N``'s last batch.
+    """
+    directory = snapshot_directory(path)
+    if directory is None:
+        return resume_legacy(trainer, path, comm)
+    try:
+        info = checkpoint.load(directory, trainer, optimizer, comm,
+                               optimizer_path=OPTIMIZER_PATH,
+                               rank_local=RANK_LOCAL)
+        if info.same_layout:
+            return info
+        rank, size = comm.rank, comm.size
+        rngs = [data['order_rng'], data['augmenter'].rng,
+                data['augmenter'].erasing_rng]
+        if data['augmenter'].mixup is not None:
+            rngs.append(data['augmenter'].mixup.rng)
+        for i, rng in enumerate(rngs):
+            rng.seed([data['seed'], size, rank, info.iteration, i])
+        checkpoint.reposition_iterator(
+            trainer.updater.get_iterator('main'), info, comm,
+            data['shard_indices'], data['dataset_size'], data['order_rng'],
+            iterator_path='updater/iterator:main')
+    except checkpoint.CheckpointError as e:
+        raise AgreedUsageError('--resume {}: {}'.format(path, e))
+    return info
 
 
 class CommunicationVolume(training.Extension):
@@ -239,24 +344,56 @@ class CommunicationVolume(training.Extension):
         self._last = sent
 
 
+class LastIteration(object):
+    """Trigger: True at the iteration ``last`` that ends the run (for the
+    final evaluation and snapshot)."""
+
+    def __init__(self, last):
+        self.last = last
+
+    def __call__(self, trainer):
+        return trainer.updater.iteration == self.last
+
+
 def last_iteration_trigger(args, config, iters_per_epoch):
-    """True at the iteration that ends the run (for the final snapshot)."""
+    """:class:`LastIteration` of ``--iterations`` or of ``--epoch``."""
     if args.iterations:
         last = args.iterations * config['acc_iters']
     else:
         last = int(numpy.ceil(config['epoch'] * iters_per_epoch))
+    return LastIteration(last)
 
-    def trigger(trainer):
-        return trainer.updater.iteration == last
-    return trigger, last
+
+def last_iteration_after_resume(args, config, updater, iters_per_epoch):
+    """The iteration that ends a run resumed on another number of processes
+    (whose iterations hold another number of examples): ``--iterations``
+    counts iterations; ``--epoch`` ends after the rest of the epochs at this
+    count's iterations per epoch."""
+    if args.iterations:
+        return args.iterations * config['acc_iters']
+    left = max(config['epoch'] - updater.epoch_detail, 0.0)
+    return updater.iteration + int(numpy.ceil(left * iters_per_epoch - 1e-9))
+
+
+class AnyOf(object):
+    """Trigger firing when any of its triggers does (each is called every
+    time: none skips its bookkeeping); their state is part of the snapshot,
+    so a resumed run fires them as an uninterrupted one."""
+
+    def __init__(self, *triggers):
+        self.triggers = [training.trigger.get_trigger(t) for t in triggers]
+
+    def __call__(self, trainer):
+        return any([t(trainer) for t in self.triggers])
+
+    def serialize(self, serializer):
+        for i, t in enumerate(self.triggers):
+            if hasattr(t, 'serialize'):
+                t.serialize(serializer[str(i)])
 
 
 def any_of(*triggers):
-    triggers = [training.trigger.get_trigger(t) for t in triggers]
-
-    def trigger(trainer):
-        return any([t(trainer) for t in triggers])  # call all: no skipping
-    return trigger
+    return AnyOf(*triggers)
 
 
 def on_device(converter, device):
@@ -286,8 +423,13 @@ def run(args, comm, device=None):
     optimizer = build_optimizer(config, comm, model)
     dtype = numpy.float16 if config['fp16'] else numpy.float32
 
-    train_shard = chainermn.scatter_dataset(train_pairs, comm, shuffle=True,
-                                            seed=args.seed)
+    # the global index of each example of this rank's shard (what
+    # scatter_dataset(train_pairs, shuffle=True) would give), kept in the
+    # snapshot so that a resume on another process count knows the data seen
+    shard_indices = numpy.asarray(chainermn.scatter_dataset(
+        numpy.arange(len(train_pairs)), comm, shuffle=True,
+        seed=args.seed)[:], numpy.int64)
+    train_shard = [train_pairs[i] for i in shard_indices]
     val_shard = chainermn.scatter_dataset(val_pairs, comm)
     train = image_list.UncroppedImageDataset(
         train_shard, crop, channels=args.channels,
@@ -327,8 +469,9 @@ def run(args, comm, device=None):
     updater = training.StandardUpdater(train_iter, optimizer,
                                        converter=on_device(augmenter, device))
     iters_per_epoch = len(train) / config['batchsize']
-    is_last, last = last_iteration_trigger(args, config, iters_per_epoch)
-    trainer = training.Trainer(updater, (last, 'iteration'), out=args.out)
+    is_last = last_iteration_trigger(args, config, iters_per_epoch)
+    trainer = training.Trainer(updater, (is_last.last, 'iteration'),
+                               out=args.out)
 
     schedule = kfac_extensions.make_lr_schedule(config, optimizer=optimizer)
     if schedule is not None:
@@ -344,9 +487,10 @@ def run(args, comm, device=None):
     snapshot_trigger = any_of(
         (args.snapshot_interval, 'iteration') if args.snapshot_interval
         else (1, 'epoch'), is_last)
-    trainer.extend(extensions.snapshot(
-        filename='snapshot_iter_{.updater.iteration}_rank%d' % rank),
-        trigger=snapshot_trigger)
+    trainer.extend(checkpoint.ShardedSnapshot(
+        comm, optimizer, optimizer_path=OPTIMIZER_PATH, rank_local=RANK_LOCAL,
+        rank_arrays={'shard_indices': shard_indices}),
+        trigger=snapshot_trigger, name='snapshot')
     trainer.extend(CommunicationVolume(comm, config['acc_iters']))
     if rank == 0:
         def log_trigger():  # a fresh one per extension: triggers keep state
@@ -379,7 +523,25 @@ def run(args, comm, device=None):
                        'train_examples': len(train_pairs),
                        'val_examples': len(val_pairs)}, f, indent=2)
     if args.resume:
-        resume(trainer, args.resume, rank)
+        info = resume(trainer, args.resume, comm, optimizer, dict(
+            order_rng=order_rng, augmenter=augmenter, seed=args.seed,
+            shard_indices=shard_indices, dataset_size=len(train_pairs)))
+        if info is not None and not info.same_layout:
+            is_last.last = last_iteration_after_resume(
+                args, config, updater, iters_per_epoch)
+            trainer.stop_trigger = training.triggers.IntervalTrigger(
+                is_last.last, 'iteration')
+            per_step = config['batchsize'] * config['acc_iters']
+            if rank == 0:
+                print('resumed {} (iteration {}, written by {} processes) on '
+                      '{} processes: model, optimizer state (on the new '
+                      'owners) and counters restored; data re-split at epoch '
+                      '{:.4f}; global batch {} -> {}; run ends at iteration '
+                      '{}'.format(info.directory, info.iteration,
+                                  info.old_size, size, updater.epoch_detail,
+                                  per_step * info.old_size, per_step * size,
+                                  is_last.last),
+                      flush=True)
     try:
         trainer.run(show_loop_exception_msg=False)
     except image_list.CorruptImageError as e:
@@ -411,6 +573,14 @@ def main(argv=None):
                 comm.size, device_module.describe(device)), flush=True)
     try:
         return run(args, comm, device)
+    except (AgreedUsageError, checkpoint.CheckpointError) as e:
+        # every rank has the same message: one line, no abort
+        if comm.rank == 0:
+            sys.stderr.write('train_imagenet.py: error: {}\n'.format(e))
+            sys.stderr.flush()
+        if comm.size > 1:
+            comm.mpi_comm.Barrier()
+        sys.exit(2)
     except UsageError as e:
         sys.stderr.write('train_imagenet.py: error (rank {}): {}\n'.format(
             comm.rank, e))

@@ -148,7 +148,7 @@ out, n = sys.argv[1], int(sys.argv[2])
 log = json.load(open(out + '/log'))
 losses = [e['main/loss'] for e in log]
 assert len(losses) == n and all(math.isfinite(v) for v in losses), losses
-with numpy.load('{}/snapshot_iter_{}_rank0'.format(out, n)) as f:
+with numpy.load('{}/snapshot_iter_{}/shared.npz'.format(out, n)) as f:
     ws = {k: f[k] for k in f.files if k.startswith('updater/model:main/')}
 assert ws and all(numpy.isfinite(w).all() for w in ws.values())
 print('checked: losses {} finite; {} arrays in the snapshot, dtypes {}, '
@@ -162,7 +162,7 @@ step_smoke_fp16() {
   local d
   d="$(make_images)" || return 1
   smoke_run smoke_fp16 "$d/fp16.json" 3 || return 1
-  "$py" - "$GPU_CHECK_WORK/smoke_fp16/snapshot_iter_3_rank0" <<'EOF'
+  "$py" - "$GPU_CHECK_WORK/smoke_fp16/snapshot_iter_3/shared.npz" <<'EOF'
 import sys
 import numpy
 with numpy.load(sys.argv[1]) as f:

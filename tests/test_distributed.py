@@ -35,31 +35,39 @@ def test_three_ranks(scenario):
     assert_all_ok(run_mpi(3, 'equivalence.py', scenario), 3)
 
 
-def test_exception_on_one_rank_ends_the_job():
+def run_fault(mode, tmp_path):
+    """``faults.py MODE`` on 2 ranks: (result, seconds, the uncaught errors
+    the ranks wrote to files: mpiexec may drop forwarded output when the job
+    aborts, so the tests read what the ranks wrote themselves)."""
     start = time.time()
-    result = run_mpi(2, 'faults.py', 'raise_on_rank1', timeout=60)
+    result = run_mpi(2, 'faults.py', mode, str(tmp_path), timeout=60)
+    errors = ''.join(p.read_text() for p in sorted(tmp_path.glob('rank*.txt')))
+    return result, time.time() - start, errors
+
+
+def test_exception_on_one_rank_ends_the_job(tmp_path):
+    result, seconds, errors = run_fault('raise_on_rank1', tmp_path)
     assert result.returncode != 0
-    assert time.time() - start < 30
-    assert 'injected failure on rank 1' in result.stdout
+    assert seconds < 30
+    assert 'injected failure on rank 1' in errors
 
 
 @pytest.mark.parametrize('mode', ['skip_link', 'skip_link_overlap'])
-def test_a_rank_that_skips_a_link_ends_every_rank_naming_it(mode):
+def test_a_rank_that_skips_a_link_ends_every_rank_naming_it(mode, tmp_path):
     """Counts come from the schedule, so MPI is never handed mismatched
     counts; the missed statistics are named with their rank."""
-    start = time.time()
-    result = run_mpi(2, 'faults.py', mode, timeout=60)
+    result, seconds, errors = run_fault(mode, tmp_path)
     assert result.returncode != 0
-    assert time.time() - start < 30
-    assert 'were not captured (rank 1: /l2 A, /l2 G)' in result.stdout
+    assert seconds < 30
+    assert 'were not captured (rank 1: /l2 A, /l2 G)' in errors
     assert 'Message truncated' not in result.stdout
 
 
-def test_models_that_differ_are_detected():
-    result = run_mpi(2, 'faults.py', 'model_mismatch', timeout=60)
+def test_models_that_differ_are_detected(tmp_path):
+    result, _, errors = run_fault('model_mismatch', tmp_path)
     assert result.returncode != 0
-    assert 'models differ across ranks' in result.stdout
-    assert '/l1/W' in result.stdout
+    assert 'models differ across ranks' in errors
+    assert '/l1/W' in errors
 
 
 @pytest.mark.parametrize('n', [2, 3])
@@ -136,3 +144,12 @@ def test_long_stale_run_equals_kfac(n):
     and identical refresh schedules on every rank."""
     result = run_mpi(n, 'long_run.py', 40, timeout=180)
     assert_all_ok(result, n)
+
+
+@pytest.mark.parametrize('comm_dtype', ['float32', 'float16'])
+def test_long_stale_run_keeps_plans_and_buffers_bounded(comm_dtype):
+    """200 steps whose due statistics change from step to step: at most the
+    cache's plans (here lowered to 8, so that eviction happens), and no
+    buffer bytes beyond the first step's (which refreshes everything)."""
+    result = run_mpi(2, 'bounded_memory.py', 200, comm_dtype, 8, timeout=240)
+    assert_all_ok(result, 2)

@@ -47,9 +47,9 @@ def base_args(data, out, **extra):
     return args
 
 
-def snapshot_params(path):
+def snapshot_arrays(path, prefixes=('updater/', 'extensions/random_state/')):
     with numpy.load(path) as f:
-        return {k: f[k] for k in f.files if k.startswith('updater/model:')}
+        return {k: f[k] for k in f.files if k.startswith(prefixes)}
 
 
 def test_runs_evaluates_snapshots_and_resumes_exactly(data, tmp_path):
@@ -63,18 +63,23 @@ def test_runs_evaluates_snapshots_and_resumes_exactly(data, tmp_path):
         log = json.load(f)
     assert [e['iteration'] for e in log] == [1, 2, 3, 4]   # --log_interval 1
     assert 'kfac/refresh_fraction' in log[0] and 'lr' in log[0]
-    for name in ('snapshot_iter_2_rank0', 'snapshot_iter_2_rank1',
-                 'snapshot_iter_4_rank0', 'snapshot_iter_4_rank1', 'log',
-                 'config.json', 'loss.png'):
+    for name in ('snapshot_iter_2/shared.npz', 'snapshot_iter_2/rank0.npz',
+                 'snapshot_iter_2/rank1.npz', 'snapshot_iter_4/shared.npz',
+                 'snapshot_iter_4/rank0.npz', 'snapshot_iter_4/rank1.npz',
+                 'log', 'config.json', 'loss.png'):
         assert os.path.exists(os.path.join(a, name)), name
     result = run_script(2, base_args(
         data, b, iterations=4, snapshot_interval=2,
-        resume=os.path.join(a, 'snapshot_iter_2_rank0')))
+        resume=os.path.join(a, 'snapshot_iter_2')))
     assert result.returncode == 0, result.stdout
-    for rank in (0, 1):
-        name = 'snapshot_iter_4_rank{}'.format(rank)
-        uninterrupted = snapshot_params(os.path.join(a, name))
-        resumed = snapshot_params(os.path.join(b, name))
+    # no extra snapshot (the triggers' state is restored too)
+    assert set(os.listdir(b)) == set(os.listdir(a)) - {'snapshot_iter_2'}
+    # the model, the optimizer's state (shared and owned), the iterators and
+    # the random states are those of the uninterrupted run
+    for name in ('shared.npz', 'rank0.npz', 'rank1.npz'):
+        uninterrupted = snapshot_arrays(os.path.join(a, 'snapshot_iter_4',
+                                                     name))
+        resumed = snapshot_arrays(os.path.join(b, 'snapshot_iter_4', name))
         assert uninterrupted.keys() == resumed.keys() and uninterrupted
         for k in uninterrupted:
             numpy.testing.assert_array_equal(resumed[k], uninterrupted[k],
@@ -135,7 +140,7 @@ def test_resume_from_another_model_is_an_error(data, tmp_path):
     other = image_fixtures.write_config(str(tmp_path / 'other.json'),
                                         arch='resnet20')
     args = base_args(data, str(tmp_path / 'b'), iterations=2,
-                     resume=os.path.join(a, 'snapshot_iter_1_rank0'))
+                     resume=os.path.join(a, 'snapshot_iter_1'))
     args[args.index('--config') + 1] = other
     expect_error(run_script(0, args), 'does not match')
 
@@ -155,7 +160,8 @@ def test_fp16_training_with_fp32_master_weights(data, tmp_path):
     args[args.index('--config') + 1] = cfg
     result = run_script(2, args)
     assert result.returncode == 0, result.stdout
-    with numpy.load(str(tmp_path / 'out' / 'snapshot_iter_2_rank0')) as f:
+    with numpy.load(str(tmp_path / 'out' / 'snapshot_iter_2' /
+                        'shared.npz')) as f:
         w = f['updater/model:main/predictor/fc/W']
     assert w.dtype == numpy.float16 and numpy.isfinite(w).all()
 
@@ -207,8 +213,8 @@ def test_gpu_training_matches_cpu_training(data, tmp_path):
         args = base_args(data, out, iterations=2, loaderjob='0')
         result = run_script(0, args + (['--gpu'] if where == 'gpu' else []))
         assert result.returncode == 0, result.stdout
-        results[where] = model_arrays(os.path.join(out,
-                                                   'snapshot_iter_2_rank0'))
+        results[where] = model_arrays(os.path.join(out, 'snapshot_iter_2',
+                                                   'shared.npz'))
     assert results['cpu'].keys() == results['gpu'].keys()
     for k, cpu in results['cpu'].items():
         scale = max(float(abs(cpu).max()), 1e-6)
@@ -226,7 +232,8 @@ def test_gpu_fp16_training(data, tmp_path):
     result = run_script(0, args + ['--gpu', '--use_tensor_core'])
     assert result.returncode == 0, result.stdout
     assert 'use_cudnn_tensor_core=always' in result.stdout, result.stdout
-    arrays = model_arrays(str(tmp_path / 'out' / 'snapshot_iter_2_rank0'))
+    arrays = model_arrays(str(tmp_path / 'out' / 'snapshot_iter_2' /
+                              'shared.npz'))
     w = arrays['updater/model:main/predictor/fc/W']
     assert w.dtype == numpy.float16
     assert all(numpy.isfinite(a).all() for a in arrays.values())

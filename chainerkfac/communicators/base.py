@@ -14,8 +14,11 @@ from chainermn.communicators import mpi_communicator_base
 from chainerkfac.communicators.packing import fp16_exponents
 from chainerkfac.communicators.packing import PackingPlan
 
-#: packing plans a communicator keeps (each a few bytes per array)
+#: packing plans a communicator keeps at least (each a few bytes per array);
+#: it keeps ``max(MAX_PLANS, PLANS_PER_RANK * size)``: a step builds one plan
+#: per rank segment, two collectives' worth with the after-forward overlap
 MAX_PLANS = 64
+PLANS_PER_RANK = 4
 
 _COMM_DTYPES = {'float32': numpy.float32, 'float16': numpy.float16}
 
@@ -148,13 +151,14 @@ class PackedCommunicator(mpi_communicator_base.MpiCommunicatorBase):
 
     def _plan(self, items):
         """The cached :class:`PackingPlan` of ``items`` (the most recently
-        used :data:`MAX_PLANS` are kept: under stale statistics the list of
-        arrays changes from step to step)."""
+        used ``max(MAX_PLANS, PLANS_PER_RANK * size)`` are kept: under
+        stale statistics the list of arrays changes from step to step)."""
         key = tuple(items)
         plan = self._plans.pop(key, None)
         if plan is None:
             plan = PackingPlan(items)
-            while len(self._plans) >= MAX_PLANS:
+            while len(self._plans) >= max(MAX_PLANS,
+                                          PLANS_PER_RANK * self.size):
                 self._plans.pop(next(iter(self._plans)))
         self._plans[key] = plan
         return plan

@@ -1,7 +1,10 @@
 """Faults under mpiexec.
 
-Usage: faults.py raise_on_rank1 | model_mismatch | skip_link | skip_link_overlap
+Usage: faults.py MODE [DIR]: MODE one of raise_on_rank1, model_mismatch,
+skip_link, skip_link_overlap; with DIR, each rank also writes its uncaught
+exception to DIR/rank<R>.txt.
 """
+import os
 import sys
 import time
 
@@ -24,9 +27,26 @@ class Net(chainer.Chain):
         return F.softmax_cross_entropy(h if skip_l2 else self.l2(h), t)
 
 
+def record_uncaught_exceptions(directory, rank):
+    """Writes an uncaught exception to DIRECTORY/rank<R>.txt before the
+    installed hook (ChainerMN's: print, then MPI_Abort) runs: mpiexec may
+    drop forwarded output when the job aborts, a file is not lost."""
+    hook = sys.excepthook
+
+    def write_then_delegate(exctype, value, tb):
+        with open(os.path.join(directory, 'rank{}.txt'.format(rank)), 'w') as f:
+            f.write('{}: {}\n'.format(exctype.__name__, value))
+            f.flush()
+            os.fsync(f.fileno())
+        hook(exctype, value, tb)
+    sys.excepthook = write_then_delegate
+
+
 def main():
     mode = sys.argv[1]
     comm = chainerkfac.create_communicator('mpi')
+    if len(sys.argv) > 2:
+        record_uncaught_exceptions(sys.argv[2], comm.rank)
     hidden = 5 if (mode == 'model_mismatch' and comm.rank == 1) else 3
     model = Net(hidden)
     opt = chainerkfac.DistributedKFAC(
