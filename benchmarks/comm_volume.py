@@ -123,14 +123,21 @@ def verify(comm_dtype, communicator='mpi', mapping='auto'):
         plan = nccl_mapping.planned_nccl_traffic(small_model(), comm.size,
                                                  comm_dtype, mapping)
     planned = plan['ours'][comm.rank]
-    status = 'match' if comm.bytes_sent == planned else 'MISMATCH'
-    sys.stdout.write(
-        'verify {} {} ranks={} rank={} measured={} planned={} {}\n'.format(
-            communicator if communicator == 'mpi' else 'pure_nccl/' + mapping,
-            comm_dtype, comm.size, comm.rank, comm.bytes_sent, planned,
-            status))
-    sys.stdout.flush()
-    return comm.bytes_sent == planned
+    # The ranks' results travel to rank 0 through MPI, which alone prints:
+    # parsing several ranks' interleaved output once read 'NO' where every
+    # rank had printed 'match'.
+    results = comm.mpi_comm.gather((comm.rank, comm.bytes_sent, planned))
+    if comm.rank != 0:
+        return True
+    name = communicator if communicator == 'mpi' else 'pure_nccl/' + mapping
+    for rank, measured, expected in results:
+        print('verify {} {} ranks={} rank={} measured={} planned={} {}'.format(
+            name, comm_dtype, comm.size, rank, measured, expected,
+            'match' if measured == expected else 'MISMATCH'))
+    all_match = all(measured == expected for _, measured, expected in results)
+    print('verify-summary ranks={} all-match={}'.format(
+        comm.size, 'yes' if all_match else 'no'), flush=True)
+    return all_match
 
 
 def step_arrays(model, size, rank, xp, seed=0):
@@ -282,13 +289,14 @@ def main():
                      '--mapping', mapping], stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT, universal_newlines=True,
                     timeout=600)
-                # ranks share stdout: their lines may run together
-                lines = re.findall(r'verify .*? (?:match|MISMATCH)',
-                                   out.stdout)
-                print('\n'.join(lines))
-                ok = (ok and out.returncode == 0 and len(lines) == n
-                      and not any(line.endswith('MISMATCH')
-                                  for line in lines))
+                # only rank 0 prints: its gathered lines and one summary
+                print('\n'.join(line for line in out.stdout.splitlines()
+                                 if line.startswith('verify ')))
+                summary = re.findall(r'^verify-summary ranks=(\d+) '
+                                     r'all-match=(yes|no)$', out.stdout,
+                                     re.MULTILINE)
+                ok = (ok and out.returncode == 0
+                      and summary == [(str(n), 'yes')])
     print('real steps match the plan: {}'.format('yes' if ok else 'NO'))
     sys.exit(0 if ok else 1)
 

@@ -50,7 +50,8 @@ if [ "${CHAINERKFAC_SKIP_NUMPY2:-0}" != 1 ]; then
       tests/test_kfac_optimizer.py tests/test_non_positive_definite.py \
       tests/test_cholesky.py tests/test_step_status.py tests/test_packing.py \
       tests/test_cuda_launcher.py tests/test_cuda_kernels.py \
-      tests/test_cuda_compile.py tests/test_emulated_training.py || rc=$?
+      tests/test_cuda_compile.py tests/test_emulated_training.py \
+      tests/test_nccl_communicator.py || rc=$?
     echo "== GPU-marked tests with CuPy and no device: they must skip ==" >&2
     run_pytest .venv-numpy2/bin/python -m gpu -rs tests || rc=$?
   else

@@ -39,3 +39,15 @@ def test_collective_timing_runs_on_cpu():
     assert 'pure_nccl_emulated (auto mapping) on 2 rank(s), CPU' in (
         result.stdout)
     assert result.stdout.count('stage 4 AllGatherV') == 2, result.stdout
+
+
+def test_verify_collects_the_ranks_results_through_mpi():
+    """Rank 0 gathers every rank's counters and alone prints them and one
+    summary: the benchmark once parsed the ranks' interleaved output and
+    said 'NO' while every rank had printed 'match'."""
+    result = run_mpi(3, COMM_VOLUME, '--verify', 'float32', timeout=120)
+    assert result.returncode == 0, result.stdout
+    lines = [l for l in result.stdout.splitlines() if l.startswith('verify')]
+    assert [l.split()[4] for l in lines[:3]] == ['rank=0', 'rank=1', 'rank=2']
+    assert all(l.endswith(' match') for l in lines[:3]), lines
+    assert lines[3:] == ['verify-summary ranks=3 all-match=yes'], lines
