@@ -53,6 +53,7 @@ from chainer.training import extensions
 from chainerkfac.datasets import image_list
 from chainerkfac.datasets.augment import BatchAugmenter
 from chainerkfac.datasets.augment import RandomStateExtension
+from chainerkfac.training import allocator
 from chainerkfac.training import checkpoint
 from chainerkfac.training import config as config_module
 from chainerkfac.training import device as device_module
@@ -562,6 +563,7 @@ def run(args, comm, device=None):
 
 
 def main(argv=None):
+    allocator.configure_allocator()  # reuse freed host memory (no-op on GPU)
     args = parse_args(argv)
     comm = chainerkfac.create_communicator('mpi')
     device = None

@@ -27,6 +27,7 @@ import chainer  # NOQA: E402
 import chainer.functions as F  # NOQA: E402
 import numpy  # NOQA: E402
 from chainerkfac.datasets import load_fashion_mnist  # NOQA: E402
+from chainerkfac.training import allocator  # NOQA: E402
 from chainerkfac.training import device as device_module  # NOQA: E402
 from models import small_cnn  # NOQA: E402
 
@@ -84,6 +85,7 @@ def main():
     parser.add_argument('--gpu', action='store_true',
                         help='on GPU 0 (CuPy); stops with one line without')
     args = parser.parse_args()
+    allocator.configure_allocator()   # reuse freed host memory (no-op on GPU)
     device = None
     if args.gpu:
         device = device_module.select_gpu_or_exit('stale_accuracy.py')

@@ -32,6 +32,7 @@ import chainer.functions as F  # NOQA: E402
 import numpy  # NOQA: E402
 from chainerkfac.datasets import load_fashion_mnist  # NOQA: E402
 from chainerkfac.profiling import STAGES, StageTimer  # NOQA: E402
+from chainerkfac.training import allocator  # NOQA: E402
 from chainerkfac.training import device as device_module  # NOQA: E402
 from models import resnet  # NOQA: E402
 
@@ -178,6 +179,7 @@ def main(argv=None):
     parser.add_argument('--gpu', action='store_true',
                         help='on GPU 0 (CuPy); stops with one line without')
     args = parser.parse_args(argv)
+    allocator.configure_allocator()   # reuse freed host memory (no-op on GPU)
     device = None
     if args.gpu:
         device = device_module.select_gpu_or_exit('step_time.py')

@@ -28,6 +28,7 @@ from chainer import training  # NOQA: E402
 from chainer.training import extensions  # NOQA: E402
 
 from chainerkfac.datasets import get_fashion_mnist  # NOQA: E402
+from chainerkfac.training import allocator  # NOQA: E402
 from chainerkfac.training import device as device_module  # NOQA: E402
 from models import small_cnn  # NOQA: E402
 
@@ -65,6 +66,7 @@ def make_optimizer(args):
 
 
 def main(argv=None):
+    allocator.configure_allocator()   # reuse freed host memory (no-op on GPU)
     args = parse_args(argv)
     device = None
     if args.gpu:

@@ -9,6 +9,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 bash scripts/bootstrap.sh
 .venv/bin/python scripts/export_fashion_mnist.py data/fashion_mnist
+# train_imagenet.py's main() configures glibc's allocator itself (freed memory is
+# reused, not returned and faulted in again: chainerkfac/training/allocator.py)
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 exec .venv/bin/mpiexec -n 2 .venv/bin/python -W ignore::DeprecationWarning \
   train_imagenet.py data/fashion_mnist/train.txt data/fashion_mnist/val.txt \

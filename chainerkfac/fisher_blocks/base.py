@@ -12,6 +12,21 @@ def compute_dtype(array):
     return numpy.float32 if array.dtype == numpy.float16 else array.dtype
 
 
+def batch_sum(x, axis, keepdims=False):
+    """``x.sum(axis)`` in x's dtype, accumulated in float64 on NumPy arrays.
+
+    For sums over the N (or N x T) rows of a batch: NumPy adds the rows of a
+    reduction over a non-innermost axis one after another in x's dtype, so a
+    float32 sum over 32768 rows is off by up to ~1e-4 relative (see
+    ``chainerkfac/_compat.py``, patch 5); in float64 it is exact to float32's
+    rounding. CuPy arrays are summed as they are (CuPy reduces in a tree).
+    """
+    if isinstance(x, numpy.ndarray):
+        return x.sum(axis=axis, dtype=numpy.float64,
+                     keepdims=keepdims).astype(x.dtype, copy=False)
+    return x.sum(axis=axis, keepdims=keepdims)
+
+
 class FisherBlock(object):
     """Curvature approximation of the parameters of one link.
 

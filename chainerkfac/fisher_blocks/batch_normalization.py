@@ -3,6 +3,7 @@ import numpy
 from chainer import backend
 
 from chainerkfac.cuda import ops
+from chainerkfac.fisher_blocks.base import batch_sum
 from chainerkfac.fisher_blocks.base import compute_dtype
 from chainerkfac.fisher_blocks.base import FisherBlock
 
@@ -18,9 +19,13 @@ def per_example_gradients(x, gy, axis, eps, grad_scale):
     x = x.astype(dtype, copy=False)
     gy = gy.astype(dtype, copy=False)
     xp = backend.get_array_module(x)
-    mean = x.mean(axis=axis, keepdims=True)
-    var = x.var(axis=axis, keepdims=True)
-    hhat = (x - mean) / xp.sqrt(var + eps)
+    count = 1
+    for a in axis:
+        count *= x.shape[a]
+    # batch statistics summed in float64 on the CPU (as patched Chainer does)
+    hhat = x - batch_sum(x, axis, keepdims=True) / count
+    var = batch_sum(hhat * hhat, axis, keepdims=True) / count
+    hhat /= xp.sqrt(var + eps)
     spatial = tuple(a for a in axis if a != 0)
     scale = x.shape[0] / grad_scale
     g_gamma = (gy * hhat).sum(axis=spatial) if spatial else gy * hhat
@@ -103,12 +108,12 @@ class BatchNormalizationBlock(FisherBlock):
             stat = f.T @ f
         elif self.mode == 'unit':
             stat = xp.empty((g_gamma.shape[1], 2, 2), dtype=g_gamma.dtype)
-            stat[:, 0, 0] = (g_gamma * g_gamma).sum(axis=0)
-            stat[:, 1, 1] = (g_beta * g_beta).sum(axis=0)
-            stat[:, 0, 1] = stat[:, 1, 0] = (g_gamma * g_beta).sum(axis=0)
+            stat[:, 0, 0] = batch_sum(g_gamma * g_gamma, 0)
+            stat[:, 1, 1] = batch_sum(g_beta * g_beta, 0)
+            stat[:, 0, 1] = stat[:, 1, 0] = batch_sum(g_gamma * g_beta, 0)
         else:
-            stat = xp.concatenate([(g_gamma * g_gamma).sum(axis=0),
-                                   (g_beta * g_beta).sum(axis=0)])
+            stat = xp.concatenate([batch_sum(g_gamma * g_gamma, 0),
+                                   batch_sum(g_beta * g_beta, 0)])
         stat /= n
         self.accumulate('F', stat)
 
