@@ -11,7 +11,18 @@ List files hold ``relative/path label`` lines; paths are relative to
 ``chainermn.scatter_dataset`` shards them. Without ``--mean``, inputs are
 normalised with the per-channel ImageNet mean and std (0-255 scale); with
 ``--mean mean.npy`` (``(C,)`` or a ``(C, H, W)`` mean image, whose top-left
-crop is used as in the original), ``x = (x - mean) / 255``.
+crop is used as in the original; ``scripts/compute_mean.py`` makes one),
+``x = (x - mean) / 255``.
+
+The original code's ``examples/imagenet/configs/*.json`` load unchanged with
+``--config`` (:func:`chainerkfac.training.config.resolve_config`) and its
+``train.py`` flags are accepted with their meaning, overriding the
+configuration (``docs/migrating.md``); ``--help`` groups them. The resolved
+configuration, the original's keys given and where they went, and any
+warning are written to ``<out>/config.json`` (``--config_out``). Under mixup
+the log's ``main/loss`` and ``main/accuracy`` are against the batch's own
+labels, as the original reported them; ``main/mixup_loss`` is the
+soft-target loss that is minimised.
 
 Snapshots are directories ``snapshot_iter_<N>/``: rank 0 writes the shared
 state once (``shared.npz``: model, BN statistics, counters, schedule, log) and
@@ -35,6 +46,7 @@ check to run on one.
 """
 import argparse
 import json
+import multiprocessing
 import os
 import re
 import sys
@@ -62,13 +74,19 @@ from chainerkfac.training.classifier import Classifier
 from models import resnet
 
 #: command-line options that override a configuration key of the same name
-CONFIG_OPTIONS = ('arch', 'batchsize', 'acc_iters', 'epoch', 'val_batchsize',
-                  'crop_size')
+#: (ours, or the original's, mapped by chainerkfac.training.original)
+CONFIG_OPTIONS = (
+    'arch', 'arch_file', 'arch_name', 'batchsize', 'val_batchsize',
+    'acc_iters', 'epoch', 'crop_size', 'lr', 'momentum', 'adjust_momentum',
+    'damping', 'cov_ema_decay', 'stab_coeff', 'normalize_weight',
+    'nw_skip_scale_comp', 'communicate_after_forward', 'lr_plan',
+    'epoch_lr_decay_start', 'polynomial_decay_p', 'polynomial_epoch',
+    'mixup_alpha', 'running_mixup', 're_rate', 're_area_rl', 're_area_rh',
+    're_aspect_rl')
 
 #: snapshot keys that differ between ranks (each rank's file holds its own)
 RANK_LOCAL = ('updater/iterator:main', 'extensions/random_state')
 OPTIMIZER_PATH = 'updater/optimizer:main'
-
 
 class UsageError(Exception):
     """Bad input found before or at the first step; exit with its message."""
@@ -79,62 +97,202 @@ class AgreedUsageError(UsageError):
     once and every rank exits (no abort)."""
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def _switch(group, name, help_on, help_off):
+    """``--name`` (true) and ``--no_name`` (false), both default None (the
+    configuration decides)."""
+    group.add_argument('--' + name, dest=name, action='store_const',
+                       const=True, default=None, help=help_on)
+    group.add_argument('--no_' + name, dest=name, action='store_const',
+                       const=False, help=help_off)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog='Options marked (original) are those of the original '
+        "code's examples/imagenet/train.py, with its meaning; options given "
+        'here override the configuration file (the original let the file '
+        'override them). docs/migrating.md maps every original option and '
+        'key.')
     p.add_argument('train', help='training list file (path label per line)')
     p.add_argument('val', help='validation list file')
-    p.add_argument('--train_root', required=True)
-    p.add_argument('--val_root', required=True)
-    p.add_argument('--config', help='JSON configuration (configs/)')
-    p.add_argument('--mean', help='mean.npy: (C,) or (C, H, W), 0-255')
-    p.add_argument('--arch')
-    p.add_argument('--batchsize', type=int, help='per process')
-    p.add_argument('--val_batchsize', type=int)
-    p.add_argument('--acc_iters', type=int)
-    p.add_argument('--epoch', type=float)
-    p.add_argument('--crop_size', type=int)
-    p.add_argument('--iterations', type=int,
-                   help='stop after this many K-FAC updates (smoke runs)')
-    p.add_argument('--n_class', type=int,
+
+    g = p.add_argument_group('data')
+    g.add_argument('--train_root', default='.',
+                   help='directory the training list is relative to '
+                   '(original; default .)')
+    g.add_argument('--val_root', default='.',
+                   help='directory the validation list is relative to '
+                   '(original; default .)')
+    g.add_argument('--mean', help='mean.npy: a (C, H, W) mean image, whose '
+                   'top-left crop is subtracted, then x / 255 (original; '
+                   'scripts/compute_mean.py makes one), or (C,); without '
+                   'it, per-channel ImageNet mean and std (the original '
+                   'always read ./mean.npy)')
+    g.add_argument('--loaderjob', type=int, default=2,
+                   help='loader threads or processes per process; 0: serial '
+                   '(original; its default 4)')
+    g.add_argument('--iterator', choices=('thread', 'process', 'serial'),
+                   default='thread',
+                   help="data loaders: threads, processes (forkserver, as "
+                   "the original) or serial (original)")
+    g.add_argument('--channels', type=int, choices=(1, 3), default=3)
+    g.add_argument('--n_class', type=int,
                    help='classes of the model (default: max train label + 1)')
-    p.add_argument('--channels', type=int, choices=(1, 3), default=3)
-    p.add_argument('--out', default='result')
-    p.add_argument('--resume', help='a snapshot_iter_<N> directory (on any '
-                   'number of processes), or a snapshot_iter_<N>_rank<r> '
-                   'file of the earlier per-rank format')
-    p.add_argument('--snapshot_interval', type=int, default=None,
-                   help='iterations between snapshots (default: one per '
-                   'epoch); one is always taken at the end')
-    p.add_argument('--log_interval', type=int, default=10,
-                   help='iterations between log lines')
-    p.add_argument('--eval_interval', type=int, default=None,
-                   help='iterations between evaluations (default: every '
-                   'epoch and at the end)')
-    p.add_argument('--loaderjob', type=int, default=2,
-                   help='loader threads per process (0: serial)')
-    p.add_argument('--skip_corrupt', action='store_true',
+    g.add_argument('--skip_corrupt', action='store_true',
                    help='skip undecodable images (counted) instead of '
                    'stopping with an error naming the file')
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--no_progress', action='store_true')
-    p.add_argument('--gpu', action='store_true',
+
+    g = p.add_argument_group('configuration')
+    g.add_argument('--config', help='JSON configuration: configs/*.json, or '
+                   "the original's examples/imagenet/configs/*.json "
+                   'unchanged (original)')
+    g.add_argument('--config_out', default='config.json',
+                   help='name, under --out, of the resolved configuration '
+                   'written at the start (original)')
+
+    g = p.add_argument_group('model')
+    g.add_argument('--arch', help="model: resnet50, resnet50_d, resnet8, "
+                   "resnet20, ...")
+    g.add_argument('--arch_file', help='(original) models/resnet50_d.py '
+                   '(ResNet-50-D) or models/resnet50.py (ResNet-50), with '
+                   '--arch_name ResNet50')
+    g.add_argument('--arch_name', help='(original) ResNet50')
+    g.add_argument('--initmodel', help='(original) start from the weights '
+                   'of an npz: a model, an original trainer snapshot, or a '
+                   'snapshot_iter_<N> directory of this script')
+
+    g = p.add_argument_group('mini-batch and length')
+    g.add_argument('--batchsize', type=int, help='per process (original)')
+    g.add_argument('--val_batchsize', type=int, help='(original)')
+    g.add_argument('--acc_iters', type=int,
+                   help='micro-batches per K-FAC step (original)')
+    g.add_argument('--epoch', '-E', type=float, help='(original)')
+    g.add_argument('--crop_size', type=int)
+    g.add_argument('--iterations', type=int,
+                   help='stop after this many K-FAC updates (smoke runs)')
+
+    g = p.add_argument_group('K-FAC optimizer')
+    g.add_argument('--lr', type=float, help='initial learning rate (original)')
+    g.add_argument('--momentum', type=float, help='(original)')
+    _switch(g, 'adjust_momentum', 'momentum x lr_t/lr_{t-1} when the lr '
+            'drops (original; on by default, and its flag could not turn it '
+            'off)', 'turn the momentum adjustment off')
+    g.add_argument('--damping', type=float, help='(original)')
+    g.add_argument('--cov_ema_decay', type=float,
+                   help='weight of the newest statistics (original)')
+    g.add_argument('--stab_coeff', type=float,
+                   help='BN damping multiplier (the original had no flag; '
+                   'its files say 64, its runs used 16)')
+    _switch(g, 'normalize_weight', 'weight rescaling, ||W|| <= sqrt(2 '
+            'd_out) (original; on by default, and its flag could not turn '
+            'it off)', 'turn weight rescaling off')
+    g.add_argument('--nw_skip_scale_comp', action='store_const', const=True,
+                   default=None, help='(original) accepted, not honoured: '
+                   'the rescaling is computed every step')
+    _switch(g, 'communicate_after_forward', 'reduce the A factors during '
+            'the backward pass (original)', 'reduce them after the backward '
+            'pass (default)')
+
+    g = p.add_argument_group('learning-rate schedule')
+    g.add_argument('--lr_plan', help="(original) 'polynomial'; any other "
+                   'value: a constant lr')
+    g.add_argument('--epoch_lr_decay_start', type=float,
+                   help='(original) epoch the polynomial decay starts')
+    g.add_argument('--polynomial_decay_p', type=float,
+                   help='(original) power p of the decay')
+    g.add_argument('--polynomial_epoch', type=float,
+                   help='(original) the decay ends at max(epoch, this)')
+
+    g = p.add_argument_group('augmentation')
+    g.add_argument('--mixup_alpha', type=float,
+                   help='mixup Beta(alpha, alpha); 0: off (original)')
+    _switch(g, 'running_mixup', 'mix with the previous mixed batch '
+            '(original; on by default, and its flag could not turn it off)',
+            'mix with a permutation of the batch instead')
+    g.add_argument('--re_rate', type=float,
+                   help='(original) random erasing probability')
+    g.add_argument('--re_area_rl', type=float,
+                   help='(original) erased area fraction, low')
+    g.add_argument('--re_area_rh', type=float,
+                   help='(original) erased area fraction, high')
+    g.add_argument('--re_aspect_rl', type=float,
+                   help='(original) aspect ratio low (high: 1)')
+
+    g = p.add_argument_group('device')
+    g.add_argument('--gpu', action='store_true',
                    help='train on GPUs: each rank on its node-local device '
-                   '(CuPy); stops with one line when a rank has none')
-    p.add_argument('--use_tensor_core', action='store_true',
+                   '(CuPy); stops with one line when a rank has none (the '
+                   'original always used GPUs)')
+    g.add_argument('--use_tensor_core', action='store_true',
                    help="with --gpu: Chainer's use_cudnn_tensor_core='always' "
-                   '(no effect without cuDNN, e.g. on CuPy 14)')
-    return p.parse_args(argv)
+                   '(no effect without cuDNN, e.g. on CuPy 14; the '
+                   "original's flag did nothing)")
+
+    g = p.add_argument_group('run, logging and snapshots')
+    g.add_argument('--out', '-o', default='result', help='(original)')
+    g.add_argument('--resume', help='a snapshot_iter_<N> directory (on any '
+                   'number of processes), or a snapshot_iter_<N>_rank<r> '
+                   "file of the earlier per-rank format (the original's "
+                   'trainer snapshots: use --initmodel)')
+    g.add_argument('--snapshot_interval', type=int, default=None,
+                   help='iterations between snapshots (default: one per '
+                   'epoch); one is always taken at the end')
+    g.add_argument('--log_interval', type=int, default=10,
+                   help='iterations between log lines')
+    g.add_argument('--eval_interval', type=int, default=None,
+                   help='iterations between evaluations (default: every '
+                   'epoch and at the end)')
+    g.add_argument('--test', action='store_true',
+                   help='(original) evaluate and log every 10 iterations')
+    g.add_argument('--stats', action='store_true',
+                   help="(original) log the parameters' statistics "
+                   '(ParameterStatistics)')
+    g.add_argument('--seed', type=int, default=0)
+    g.add_argument('--no_progress', action='store_true')
+    return p
+
+
+def parse_args(argv=None):
+    """The options, and in ``args.given`` the options given on the command
+    line (a file's run options do not replace them)."""
+    args = build_parser().parse_args(argv)
+    quiet = build_parser()
+    for action in quiet._actions:
+        action.default = argparse.SUPPRESS
+    args.given = sorted(vars(quiet.parse_args(argv)))
+    if args.resume == '':
+        args.resume = None   # the original's default
+    return args
 
 
 def build_config(args):
+    """The resolved configuration (:func:`resolve_config`): ``--config``
+    (either format) with the options of :data:`CONFIG_OPTIONS` over it."""
     overrides = {k: getattr(args, k) for k in CONFIG_OPTIONS
                  if getattr(args, k) is not None}
     if args.config is not None and not os.path.isfile(args.config):
         raise UsageError('--config {}: no such file'.format(args.config))
+    if args.arch is not None and (args.arch_file or args.arch_name):
+        raise UsageError('--arch and --arch_file/--arch_name name the model '
+                         'twice; give one')
     try:
-        return config_module.load_config(args.config, overrides)
+        return config_module.resolve_config(args.config, overrides)
     except ValueError as e:
         raise UsageError(str(e))
+
+
+def apply_run_options(args, resolved):
+    """The original's run options found in the configuration file (its
+    train.py merged every key of a file into its options), where the
+    command line does not give them. Returns the names applied."""
+    applied = []
+    for key, value in resolved.run_options.items():
+        if key not in args.given:
+            setattr(args, key, None if key == 'resume' and value == ''
+                    else value)
+            applied.append(key)
+    return applied
 
 
 def read_lists(args, comm):
@@ -329,6 +487,107 @@ def resume(trainer, path, comm, optimizer, data):
     return info
 
 
+def report_resolution(args, resolved, from_file):
+    """Rank 0: the configuration's warnings, one line each, and the run
+    options taken from the file."""
+    for line in resolved.warnings:
+        sys.stderr.write('train_imagenet.py: warning: {}\n'.format(line))
+    sys.stderr.flush()
+    if from_file:
+        print('options from {}: {}'.format(args.config, ', '.join(
+            '--{} {}'.format(k, getattr(args, k)) for k in from_file)),
+            flush=True)
+
+
+#: environment variables of MPI launchers (MPICH's Hydra, Open MPI, PMIx)
+MPI_LAUNCHER_ENV = ('PMI_', 'PMIX_', 'HYDRA_', 'HYDI_', 'MPIR_', 'OMPI_',
+                    'MPI_LOCALNRANKS', 'MPI_LOCALRANKID')
+
+
+def start_loader_server():
+    """Starts multiprocessing's forkserver outside MPI: without the
+    launcher's environment and with ``MPI4PY_RC_INITIALIZE=false``, so that
+    the loader processes, which import this script, do not initialise MPI
+    (under mpiexec they would wait for the launcher)."""
+    from multiprocessing import forkserver
+    saved = dict(os.environ)
+    try:
+        for key in list(os.environ):
+            if key.startswith(MPI_LAUNCHER_ENV):
+                del os.environ[key]
+        os.environ['MPI4PY_RC_INITIALIZE'] = 'false'
+        forkserver.ensure_running()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def make_iterators(args, config, train, val, sampler):
+    """The original's ``--iterator``: loader threads (``thread``), processes
+    (``process``; started by a forkserver, as the original, since forking a
+    process that uses InfiniBand may crash it) or none (``serial``, also
+    for ``--loaderjob 0``)."""
+    kind = args.iterator if args.loaderjob > 0 else 'serial'
+    batch, val_batch = config['batchsize'], config['val_batchsize']
+    if kind == 'process':
+        if multiprocessing.get_start_method(allow_none=True) is None:
+            multiprocessing.set_start_method('forkserver')
+        if multiprocessing.get_start_method() == 'forkserver':
+            start_loader_server()
+        return (chainer.iterators.MultiprocessIterator(
+            train, batch, n_processes=args.loaderjob, order_sampler=sampler),
+            chainer.iterators.MultiprocessIterator(
+                val, val_batch, repeat=False, shuffle=False,
+                n_processes=args.loaderjob))
+    if kind == 'thread':
+        return (chainer.iterators.MultithreadIterator(
+            train, batch, n_threads=args.loaderjob, order_sampler=sampler),
+            chainer.iterators.MultithreadIterator(
+                val, val_batch, repeat=False, shuffle=False,
+                n_threads=args.loaderjob))
+    return (chainer.iterators.SerialIterator(train, batch,
+                                             order_sampler=sampler),
+            chainer.iterators.SerialIterator(val, val_batch, repeat=False,
+                                             shuffle=False))
+
+
+#: where a model's arrays may sit in an ``--initmodel`` npz: ours
+#: (``snapshot_iter_<N>/shared.npz``, a saved Classifier), the original's
+#: trainer snapshot (its model held no predictor), a bare model
+INITMODEL_PREFIXES = ('updater/model:main/predictor/', 'predictor/',
+                      'updater/model:main/', '')
+
+
+def load_initmodel(model, path):
+    """The original's ``--initmodel``: the predictor's parameters and BN
+    statistics from an npz (a ``snapshot_iter_<N>`` directory: its
+    ``shared.npz``). Returns the prefix they were found under."""
+    if os.path.isdir(path):
+        path = os.path.join(path, checkpoint.SHARED)
+    try:
+        with numpy.load(path) as f:
+            keys = set(f.files)
+    except (OSError, ValueError) as e:
+        raise UsageError('--initmodel {}: {}'.format(path, e))
+    names = [name.lstrip('/') for name, _ in model.predictor.namedparams()]
+    for prefix in INITMODEL_PREFIXES:
+        if all(prefix + name in keys for name in names):
+            break
+    else:
+        raise UsageError(
+            "--initmodel {}: no parameters of this model in it (looked for "
+            "{} under {}); is --arch the model it was saved from?".format(
+                path, names[0], ', '.join(repr(p) for p in
+                                          INITMODEL_PREFIXES)))
+    try:
+        serializers.load_npz(path, model.predictor, path=prefix)
+    except (KeyError, ValueError, TypeError) as e:
+        raise UsageError('--initmodel {} does not match this model ({}: {}; '
+                         'its classes: --n_class)'.format(
+                             path, type(e).__name__, e))
+    return prefix
+
+
 class CommunicationVolume(training.Extension):
     """Reports ``comm/MB_per_update``: MB this rank sent per K-FAC update."""
 
@@ -398,7 +657,8 @@ def any_of(*triggers):
 
 
 def on_device(converter, device):
-    """``converter``'s ``(x, t)`` sent to ``device`` (unchanged for None).
+    """``converter``'s arrays (``(x, t)`` or ``(x, t, labels)``) sent to
+    ``device`` (unchanged for None).
 
     The augmenter is an old-style converter (it would get a device number
     from the updater), so the transfer is done here instead."""
@@ -406,19 +666,34 @@ def on_device(converter, device):
         return converter
 
     def convert(batch, _device=None):
-        x, t = converter(batch)
-        return device.send(x), device.send(t)
+        return tuple(device.send(a) for a in converter(batch))
     return convert
 
 
 def run(args, comm, device=None):
-    config = build_config(args)
+    resolved = build_config(args)
+    config = resolved.config
+    from_file = apply_run_options(args, resolved)
+    if device is not None and 'use_tensor_core' in from_file:
+        device_module.configure_cudnn(args.use_tensor_core)
+    if args.test:   # the original's --test: evaluate and log every 10
+        for name in ('eval_interval', 'log_interval'):
+            if name not in args.given:
+                setattr(args, name, 10)
     rank, size = comm.rank, comm.size
+    if rank == 0:
+        report_resolution(args, resolved, from_file)
     train_pairs, val_pairs, n_class = read_lists(args, comm)
     crop = config['crop_size']
     mean, std = normalization(args, args.channels, crop)
     numpy.random.seed(args.seed)   # initial weights (rank 0's are broadcast)
     model = build_model(config, n_class, args.channels)
+    if args.initmodel:
+        prefix = load_initmodel(model, args.initmodel)
+        if rank == 0:
+            print('initmodel: loaded {} ({})'.format(
+                args.initmodel, "under '{}'".format(prefix) if prefix
+                else 'a model'), flush=True)
     if device is not None:
         model.to_device(device)   # before setup: the state lives there too
     optimizer = build_optimizer(config, comm, model)
@@ -440,18 +715,7 @@ def run(args, comm, device=None):
         channels=args.channels, skip_corrupt=args.skip_corrupt)
     order_rng = numpy.random.RandomState(args.seed + 1000 * (rank + 1))
     sampler = chainer.iterators.ShuffleOrderSampler(order_rng)
-    if args.loaderjob > 0:
-        train_iter = chainer.iterators.MultithreadIterator(
-            train, config['batchsize'], n_threads=args.loaderjob,
-            order_sampler=sampler)
-        val_iter = chainer.iterators.MultithreadIterator(
-            val, config['val_batchsize'], repeat=False, shuffle=False,
-            n_threads=args.loaderjob)
-    else:
-        train_iter = chainer.iterators.SerialIterator(
-            train, config['batchsize'], order_sampler=sampler)
-        val_iter = chainer.iterators.SerialIterator(
-            val, config['val_batchsize'], repeat=False, shuffle=False)
+    train_iter, val_iter = make_iterators(args, config, train, val, sampler)
 
     erasing = None
     if config['random_erasing_p'] > 0:
@@ -461,7 +725,7 @@ def run(args, comm, device=None):
     augmenter = BatchAugmenter(
         crop, mean, std, n_class, mixup_alpha=config['mixup_alpha'],
         running_mixup=config['running_mixup'], erasing=erasing,
-        seed=args.seed + 7919 * (rank + 1), dtype=dtype)
+        seed=args.seed + 7919 * (rank + 1), dtype=dtype, return_labels=True)
 
     def val_converter(batch, device=None):
         x, t = chainer.dataset.concat_examples(batch)
@@ -500,9 +764,14 @@ def run(args, comm, device=None):
         trainer.extend(extensions.observe_value(
             'damping', lambda t: optimizer.damping), trigger=log_trigger())
         trainer.extend(extensions.LogReport(trigger=log_trigger()))
+        if args.stats:   # the original's --stats: summarised every
+            # iteration, reported with the log
+            trainer.extend(extensions.ParameterStatistics(
+                model.predictor, trigger=log_trigger()))
         trainer.extend(extensions.PrintReport(
-            ['epoch', 'iteration', 'main/loss', 'main/accuracy',
-             'validation/main/loss', 'validation/main/accuracy', 'lr',
+            ['epoch', 'iteration', 'main/loss', 'main/mixup_loss',
+             'main/accuracy', 'validation/main/loss',
+             'validation/main/accuracy', 'lr',
              'kfac/refresh_fraction', 'comm/MB_per_update', 'elapsed_time']),
             trigger=log_trigger())
         if extensions.PlotReport.available():
@@ -516,8 +785,12 @@ def run(args, comm, device=None):
         if not args.no_progress:
             trainer.extend(extensions.ProgressBar(update_interval=1))
         os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, 'config.json'), 'w') as f:
-            json.dump({'config': config, 'args': vars(args),
+        with open(os.path.join(args.out, args.config_out), 'w') as f:
+            json.dump({'config': config,
+                       'original_keys': resolved.original,
+                       'warnings': resolved.warnings,
+                       'options_from_config': from_file,
+                       'args': vars(args),
                        'n_processes': size, 'n_class': n_class,
                        'global_batchsize': config['batchsize'] * size
                        * config['acc_iters'],

@@ -42,11 +42,15 @@ class BatchAugmenter(object):
             erasing; None disables it.
         seed (int): seed of the random states (give each rank its own).
         dtype: dtype of ``x`` (float16 for fp16 training).
+        return_labels (bool): return ``(x, t, labels)``: also the batch's
+            integer labels, which the original reported its loss and
+            accuracy against under mixup
+            (:class:`~chainerkfac.training.classifier.Classifier`).
     """
 
     def __init__(self, crop_size, mean, std, n_class, mixup_alpha=0.0,
                  running_mixup=True, erasing=None, seed=0,
-                 dtype=numpy.float32):
+                 dtype=numpy.float32, return_labels=False):
         self.crop_size = crop_size
         self.mean = numpy.asarray(mean, numpy.float32)
         if self.mean.ndim == 1:
@@ -56,6 +60,7 @@ class BatchAugmenter(object):
         self.n_class = n_class
         self.erasing = erasing
         self.dtype = dtype
+        self.return_labels = return_labels
         self.rng = numpy.random.RandomState(seed)
         self.erasing_rng = numpy.random.RandomState(seed + 1)
         self.mixup = (transforms.RunningMixup(mixup_alpha, n_class, seed + 2)
@@ -75,7 +80,7 @@ class BatchAugmenter(object):
     def __call__(self, batch, device=None):
         x = numpy.stack([self.crop(image) for image, _ in batch]).astype(
             self.dtype)
-        t = numpy.array([label for _, label in batch], numpy.int32)
+        t = labels = numpy.array([label for _, label in batch], numpy.int32)
         if self.mixup is not None and self.running_mixup:
             x, t = self.mixup(x, t)
         elif self.mixup is not None:
@@ -86,9 +91,10 @@ class BatchAugmenter(object):
         if self.erasing is not None:
             x = transforms.random_erasing(x, self.erasing_rng,
                                           **self.erasing)
+        out = (x, t, labels) if self.return_labels else (x, t)
         if device is not None:
-            x, t = device.send(x), device.send(t)
-        return x, t
+            out = tuple(device.send(a) for a in out)
+        return out
 
     def serialize(self, serializer):
         _serialize_random_state(serializer['rng'], self.rng)

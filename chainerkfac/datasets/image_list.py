@@ -369,6 +369,119 @@ def compute_mean(pairs, size, limit=None, channels=3):
     return (total / len(index)).astype(numpy.float32)
 
 
+def resize(image, size):
+    """``(H, W, C)`` float32 resized to ``size = (h, w)`` (bilinear, each
+    channel at float precision)."""
+    h, w = size
+    out = numpy.empty((h, w, image.shape[2]), dtype=numpy.float32)
+    for c in range(image.shape[2]):
+        im = Image.fromarray(numpy.ascontiguousarray(image[:, :, c]))
+        out[:, :, c] = numpy.asarray(im.resize((w, h), Image.BILINEAR))
+    return out
+
+
+def _mean_image_part(task):
+    """Sum and count of the images of ``task``'s pairs (a worker's part of
+    :func:`mean_image`): ``(sum (H, W, C) float64, n, n_skipped)``."""
+    pairs, channels, size, resize_all, skip_corrupt = task
+    total = numpy.zeros(size + (channels,), dtype=numpy.float64)
+    n = skipped = 0
+    for path, _ in pairs:
+        try:
+            image = load_image(path, channels)
+        except CorruptImageError:
+            if not skip_corrupt:
+                raise
+            skipped += 1
+            continue
+        if image.shape[:2] != size:
+            if not resize_all:
+                raise ValueError(
+                    'mean image: {} is {}x{} (HxW), the first image {}x{}; '
+                    'the original recipe expects images resized to one size '
+                    '(or give --size H W to resize them here)'.format(
+                        path, image.shape[0], image.shape[1], *size))
+            image = resize(image, size)
+        total += image
+        n += 1
+    return total, n, skipped
+
+
+def mean_image(pairs, size=None, channels=3, jobs=1, chunk=64,
+               skip_corrupt=False):
+    """The per-pixel mean image of ``pairs``' images: the ``mean.npy`` of
+    the original ImageNet recipe.
+
+    Streams: each image is decoded, added to a float64 sum and dropped, so
+    the memory is one image and one ``(H, W, C)`` sum per worker, whatever
+    the number of images.
+
+    Args:
+        pairs: ``(path, label)`` pairs (:func:`read_image_list`).
+        size ((int, int) or None): ``(H, W)``: resize every image to it
+            (bilinear); None: every image must have the first image's size
+            (the original recipe's images are resized to one size
+            beforehand, e.g. 256x256).
+        channels (int): 3 (RGB, as Pillow decodes) or 1 (L).
+        jobs (int): processes decoding in parallel (1: this one).
+        chunk (int): images per task of a worker.
+        skip_corrupt (bool): skip undecodable images instead of raising.
+
+    Returns:
+        (numpy.ndarray, int, int): the mean, ``(channels, H, W)`` float32 on
+        the 0-255 scale (what ``train_imagenet.py --mean`` takes: its
+        top-left crop is subtracted, then ``x / 255``); the number of images
+        averaged; the number skipped.
+
+    Raises:
+        ValueError: no pairs, an image of another size (``size`` None), a
+            corrupt image (named; unless ``skip_corrupt``), or every image
+            corrupt.
+    """
+    pairs = list(pairs)
+    if not pairs:
+        raise ValueError('mean_image: no images')
+    resize_all = size is not None
+    if size is None:
+        first = None
+        for path, _ in pairs:
+            try:
+                first = load_image(path, channels)
+                break
+            except CorruptImageError:
+                if not skip_corrupt:
+                    raise
+        if first is None:
+            raise ValueError('mean_image: every image is corrupt')
+        size = first.shape[:2]
+        del first
+    size = tuple(int(v) for v in size)
+    tasks = [(pairs[i:i + chunk], channels, size, resize_all, skip_corrupt)
+             for i in range(0, len(pairs), chunk)]
+    total = numpy.zeros(size + (channels,), dtype=numpy.float64)
+    n = skipped = 0
+    if jobs > 1:
+        import multiprocessing
+        with multiprocessing.get_context('spawn').Pool(jobs) as pool:
+            parts = pool.imap_unordered(_mean_image_part, tasks)
+            for part_sum, part_n, part_skipped in parts:
+                total += part_sum
+                n += part_n
+                skipped += part_skipped
+                del part_sum
+    else:
+        for task in tasks:
+            part_sum, part_n, part_skipped = _mean_image_part(task)
+            total += part_sum
+            n += part_n
+            skipped += part_skipped
+            del part_sum   # one part at a time
+    if n == 0:
+        raise ValueError('mean_image: every image is corrupt')
+    mean = (total / n).transpose(2, 0, 1).astype(numpy.float32)
+    return numpy.ascontiguousarray(mean), n, skipped
+
+
 class UncroppedImageDataset(ImageListDataset):
     """Decoded images before cropping, for augmentation in the main process.
 

@@ -3,6 +3,10 @@
 A configuration is a flat JSON object; :func:`load_config` fills in the
 defaults of :data:`SCHEMA` (the original script's defaults, i.e. its bs4k
 hyper-parameters), rejects unknown keys and checks types and ranges.
+Files of the original code's format (its ``examples/imagenet/configs``)
+load too: :func:`resolve_config` maps their keys
+(:mod:`chainerkfac.training.original`) and says where a value is used
+otherwise than the file says.
 ``DEFAULTS`` and ``DOCS`` give the default and the documentation per key.
 
 Global mini-batch = ``batchsize x processes x acc_iters``
@@ -12,6 +16,7 @@ processes by changing ``acc_iters``.
 import collections
 import json
 import numbers
+import warnings
 
 from chainerkfac.assignment import ASSIGNMENTS
 from chainerkfac.optimizers.kfac import BN_FISHER_MODES
@@ -234,8 +239,99 @@ def _end_epoch(config):
     return config['epoch'] if end is None else max(config['epoch'], end)
 
 
+Resolved = collections.namedtuple(
+    'Resolved', ('config', 'original', 'warnings', 'run_options'))
+
+
+def _read(path):
+    with open(path) as f:
+        try:
+            given = json.load(f)
+        except ValueError as e:
+            raise ValueError('{}: not valid JSON: {}'.format(path, e))
+    if not isinstance(given, dict):
+        raise ValueError('{}: the configuration must be a JSON object'
+                         .format(path))
+    return given
+
+
+def resolve_config(path=None, overrides=None):
+    """Reads a JSON configuration in this package's format or the original
+    code's (``examples/imagenet/configs/*.json`` of tyohei/chainerkfac, or a
+    mix), applies ``overrides`` (either format too) and the defaults.
+
+    Precedence: ``overrides`` > the file > :data:`DEFAULTS`. The original's
+    keys are mapped by :func:`chainerkfac.training.original.translate`. In a
+    file of the original's format, ``stab_coeff`` is replaced by what the
+    original ran (16: its script never passed the files' value) unless
+    ``overrides`` gives it, and a warning says so.
+
+    Returns:
+        Resolved: ``config`` (every key of :data:`SCHEMA`), ``original``
+        (``{'file': {...}, 'overrides': {...}}``: each of the original's
+        keys given, its value and the key it set), ``warnings`` (one line
+        each) and
+        ``run_options`` (the original's run options found in the file, e.g.
+        ``iterator``; see :data:`chainerkfac.training.original.RUN_OPTIONS`).
+
+    Raises:
+        ValueError: unreadable JSON, keys of neither format (all are
+            listed, with the valid ones), a setting given under both names,
+            or bad values (all are listed).
+    """
+    from chainerkfac.training import original as original_module
+    given = _read(path) if path is not None else {}
+    for key in original_module.COMMAND_LINE_ONLY:
+        if key in given:
+            raise ValueError(
+                '{}: {!r} is a command-line argument of the original\'s '
+                'train.py and of this script, not a configuration key'
+                .format(path, key))
+    base = collections.OrderedDict(
+        (k, _copy(v.default)) for k, v in SCHEMA.items())
+    try:
+        from_file = original_module.translate(given, base)
+    except ValueError as e:
+        raise ValueError('{}: {}'.format(path, e) if path else str(e))
+    base.update((k, _copy(v)) for k, v in from_file.config.items())
+    lower = {k: v['value'] for k, v in from_file.original.items()}
+    from_args = original_module.translate(
+        dict(overrides or {}), base, lower_original=lower)
+    if from_args.run_options:
+        raise ValueError('overrides: {} are run options, not configuration '
+                         'keys'.format(', '.join(from_args.run_options)))
+    config = collections.OrderedDict(base)
+    config.update((k, _copy(v)) for k, v in from_args.config.items())
+    warnings = list(from_file.warnings) + list(from_args.warnings)
+    stab = given.get('stab_coeff')
+    if (path is not None and original_module.is_original_format(given)
+            and 'stab_coeff' in given and 'stab_coeff' not in from_args.config
+            and stab != original_module.STAB_COEFF_AS_RUN):
+        config['stab_coeff'] = original_module.STAB_COEFF_AS_RUN
+        warnings.append(original_module.stab_coeff_warning(stab, path))
+    original = {'file': from_file.original, 'overrides': from_args.original}
+    try:
+        validate(config)
+    except ValueError as e:
+        message = str(e)
+        mapped = ['{} -> {}'.format(k, v['sets']) for part in original.values()
+                  for k, v in part.items() if v['sets']]
+        if mapped:
+            message += ' (the original\'s keys given: {})'.format(
+                ', '.join(mapped))
+        if path is None:
+            raise ValueError(message)
+        raise ValueError('{}: {}'.format(path, message))
+    return Resolved(dict(config), original, warnings,
+                    dict(from_file.run_options))
+
+
 def load_config(path=None, overrides=None):
     """Reads a JSON configuration, applies ``overrides`` and the defaults.
+
+    Either format, this package's or the original code's
+    (:func:`resolve_config`, whose warnings are issued with
+    :func:`warnings.warn`; the original's run options are left out).
 
     Args:
         path (str): JSON file holding one object; None: defaults only.
@@ -248,31 +344,15 @@ def load_config(path=None, overrides=None):
         ValueError: unreadable JSON, unknown keys (all are listed, with the
             valid ones) or bad values (all are listed).
     """
-    given = {}
-    if path is not None:
-        with open(path) as f:
-            try:
-                given = json.load(f)
-            except ValueError as e:
-                raise ValueError('{}: not valid JSON: {}'.format(path, e))
-        if not isinstance(given, dict):
-            raise ValueError('{}: the configuration must be a JSON object'
-                             .format(path))
-    given = dict(given, **(overrides or {}))
-    unknown = sorted(k for k in given if k not in SCHEMA)
-    if unknown:
-        raise ValueError(
-            '{}unknown configuration key(s): {}; valid keys: {}'.format(
-                '{}: '.format(path) if path else '', ', '.join(unknown),
-                ', '.join(SCHEMA)))
-    config = collections.OrderedDict(
-        (k, _copy(given.get(k, v.default))) for k, v in SCHEMA.items())
-    try:
-        return dict(validate(config))
-    except ValueError as e:
-        if path is None:
-            raise
-        raise ValueError('{}: {}'.format(path, e))
+    resolved = resolve_config(path, overrides)
+    for message in resolved.warnings:
+        warnings.warn(message, OriginalConfigWarning, stacklevel=2)
+    return resolved.config
+
+
+class OriginalConfigWarning(UserWarning):
+    """A value of the original's format that is used otherwise than it
+    says (see :func:`resolve_config`)."""
 
 
 def global_batchsize(config, n_processes=None):
