@@ -309,7 +309,8 @@ def write(out, measured, plan, rows, hw, refresh):
     ax.set_xlabel('processes (GPUs), 32 images each')
     ax.set_ylabel('modelled seconds per step')
     ax.set_title('ResNet-50 K-FAC step, V100 + IB EDR model', fontsize=9)
-    ax.legend(fontsize=6)
+    ax.set_ylim(0, 1.45 * max(r['total'] for r in rows))
+    ax.legend(fontsize=6, ncol=3, loc='upper left')
     if measured:
         ax = axes[0][1]
         bottom = numpy.zeros(len(measured))
@@ -322,7 +323,9 @@ def write(out, measured, plan, rows, hw, refresh):
         ax.set_xticks(range(len(measured)))
         ax.set_xticklabels([str(m['procs']) for m in measured])
         ax.set_xlabel('mpiexec -n (2 shared cores: 4 oversubscribed)')
-        ax.set_ylabel('measured seconds per step (max over ranks)')
+        ax.set_ylabel('s/step, each stage max over ranks')
+        ax.plot(range(len(measured)), [m['stages']['total'] for m in measured],
+                'k--o', label='step total (max over ranks)')
         ax.set_title('issue-12 CNN, {} images per process, CPU'.format(
             measured[0]['batch_per_proc']), fontsize=9)
         ax.legend(fontsize=6)
