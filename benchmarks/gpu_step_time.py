@@ -32,6 +32,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
 import step_time  # NOQA: E402
+from chainerkfac.training import allocator  # NOQA: E402
 from chainerkfac.training import device as device_module  # NOQA: E402
 from models import resnet  # NOQA: E402
 
@@ -81,6 +82,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    allocator.configure_allocator()   # host malloc only: the CPU smoke run and the loaders
     args = parse_args(argv)
     device = None
     if not args.cpu_smoke:
