@@ -446,7 +446,9 @@ def plot(out, records, batch_sizes):
                 ax.axhline(target, color='gray', lw=0.6, ls=':')
             ax.set_title('batch {}'.format(b))
             ax.set_xlabel(xlabel)
-            ax.set_ylim(0.5, 0.95)
+            low = min([p[3] for r in records if r['batch'] == b
+                       for p in r['curve']] + [0.5])
+            ax.set_ylim(max(0.0, low - 0.02), 0.95)
             ax.legend(fontsize=7, loc='lower right')
         axes[0][0].set_ylabel('test accuracy')
         fig.tight_layout()
