@@ -15,11 +15,7 @@ from mpi4py import MPI
 
 from chainerkfac.communicators import nccl_interface
 from chainerkfac.communicators.base import CommunicatorUnavailable
-
-
-def _one_line(error):
-    text = str(error).strip().splitlines()
-    return '{}: {}'.format(type(error).__name__, text[0] if text else '')
+from chainerkfac.cuda import availability
 
 
 def nccl_problem():
@@ -28,18 +24,15 @@ def nccl_problem():
     Checked in order: CuPy imports; CuPy has NCCL
     (``cupy.cuda.nccl.available``); a CUDA device is usable.
     """
-    try:
-        import cupy
-    except ImportError as e:
-        return 'CuPy is not installed ({})'.format(_one_line(e))
-    except Exception as e:  # a broken install: CUDA libraries, driver, ...
-        return 'CuPy failed to import ({})'.format(_one_line(e))
+    cupy, problem = availability.import_cupy()
+    if problem:
+        return problem
     version = getattr(cupy, '__version__', '?')
     try:
         from cupy.cuda import nccl
         available = bool(getattr(nccl, 'available', False))
     except Exception as e:
-        return 'CuPy {} has no NCCL module ({})'.format(version, _one_line(e))
+        return 'CuPy {} has no NCCL module ({})'.format(version, availability.one_line(e))
     if not available:
         return ('CuPy {} has no NCCL (cupy.cuda.nccl.available is False: '
                 'install the nvidia-nccl-cu12 or -cu13 wheel matching its '
@@ -51,7 +44,7 @@ def nccl_problem():
         count = int(cupy.cuda.runtime.getDeviceCount())
     except Exception as e:
         return 'CuPy {} cannot query CUDA devices ({})'.format(
-            version, _one_line(e))
+            version, availability.one_line(e))
     if count < 1:  # pragma: no cover - is_available() says so first
         return 'CuPy {} sees no CUDA device'.format(version)
     return None

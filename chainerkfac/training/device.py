@@ -24,6 +24,8 @@ import warnings
 import chainer
 import numpy
 
+from chainerkfac.cuda import availability
+
 #: exit status of an entry point whose ``--gpu`` cannot be honoured
 EXIT_STATUS = 2
 
@@ -36,23 +38,15 @@ class GPUUnavailable(RuntimeError):
         self.rank = rank
 
 
-def _one_line(error):
-    text = str(error).strip().splitlines()
-    return '{}: {}'.format(type(error).__name__, text[0] if text else '')
-
-
 def gpu_problem(n_devices=1):
     """Why this process cannot use ``n_devices`` GPUs of this node, or None.
 
     Checked in order: CuPy imports, ``cupy.is_available()``, the device count,
     and whether Chainer's CUDA backend accepted that CuPy.
     """
-    try:
-        import cupy
-    except ImportError as e:
-        return 'CuPy is not installed ({})'.format(_one_line(e))
-    except Exception as e:  # a broken install: CUDA libraries, driver, ...
-        return 'CuPy failed to import ({})'.format(_one_line(e))
+    cupy, problem = availability.import_cupy()
+    if problem:
+        return problem
     version = getattr(cupy, '__version__', '?')
     try:
         if not cupy.is_available():
@@ -62,7 +56,7 @@ def gpu_problem(n_devices=1):
         count = int(cupy.cuda.runtime.getDeviceCount())
     except Exception as e:
         return 'CuPy {} cannot query CUDA devices ({})'.format(
-            version, _one_line(e))
+            version, availability.one_line(e))
     if count < n_devices:
         return ('{} processes on this node need one GPU each, but CuPy {} '
                 'sees {}'.format(n_devices, version, count))
@@ -70,7 +64,7 @@ def gpu_problem(n_devices=1):
     if not cuda.available:
         return 'Chainer {} cannot use CuPy {} ({})'.format(
             chainer.__version__, version,
-            _one_line(getattr(cuda, '_resolution_error', 'unknown reason')))
+            availability.one_line(getattr(cuda, '_resolution_error', 'unknown reason')))
     return None
 
 
