@@ -16,6 +16,8 @@ import types
 
 import pytest
 
+from mpi_helpers import run_command  # NOQA: I100
+
 # chainerkfac before chainer: it makes Chainer 7.8.1 import on NumPy 2
 from chainerkfac.training import device as device_module  # NOQA: I100
 import chainer  # NOQA: I100
@@ -34,18 +36,9 @@ needs_fashion_mnist = pytest.mark.skipif(
 
 
 def run(script, *args, hide_gpus=False, timeout=240):
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1',
-               PYTHONUNBUFFERED='1')
-    if hide_gpus:
-        env['CUDA_VISIBLE_DEVICES'] = ''
+    env = {'CUDA_VISIBLE_DEVICES': ''} if hide_gpus else {}
     cmd = [sys.executable, os.path.join(ROOT, script)] + [str(a) for a in args]
-    try:
-        return subprocess.run(cmd, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, env=env,
-                              timeout=timeout, universal_newlines=True)
-    except subprocess.TimeoutExpired as e:
-        pytest.fail('{} timed out; output:\n{}'.format(' '.join(cmd),
-                                                       e.output))
+    return run_command(cmd, timeout, **env)
 
 
 def assert_one_line_error(result, prog):

@@ -2,8 +2,6 @@
 resolve_config and in train_imagenet.py (issue 11, item 1)."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
@@ -11,7 +9,7 @@ import image_fixtures
 import original_configs
 from chainerkfac.training import config as config_module
 from chainerkfac.training import original as original_module
-from mpi_helpers import MPIEXEC
+from mpi_helpers import run_python
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, 'train_imagenet.py')
@@ -210,18 +208,9 @@ OVERRIDDEN = {'arch': 'resnet8', 'crop_size': 16, 'batchsize': 2,
               'val_batchsize': 4}
 
 
-def run_script(n, args, timeout=120):
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1',
-               PYTHONPATH=ROOT)
-    cmd = ([MPIEXEC, '-n', str(n)] if n else []) + [
-        sys.executable, '-W', 'ignore', SCRIPT] + [str(a) for a in args]
-    try:
-        return subprocess.run(cmd, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, env=env,
-                              timeout=timeout, universal_newlines=True)
-    except subprocess.TimeoutExpired as e:
-        pytest.fail('{} timed out; output:\n{}'.format(' '.join(cmd),
-                                                       e.output))
+def run_script(n, args, timeout=120, **env_extra):
+    """train_imagenet.py ARGS, under ``mpiexec -n N`` when ``n``."""
+    return run_python(n, SCRIPT, args, timeout, **env_extra)
 
 
 @pytest.mark.parametrize('name', NAMES)

@@ -1,31 +1,20 @@
 """train_imagenet.py end to end under mpiexec, and its errors on bad input."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy
 import pytest
 
 import image_fixtures
-from mpi_helpers import MPIEXEC
+from mpi_helpers import run_python
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, 'train_imagenet.py')
 
 
 def run_script(n, args, timeout=240, **env_extra):
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1',
-               PYTHONPATH=ROOT, **env_extra)
-    cmd = ([MPIEXEC, '-n', str(n)] if n else []) + [
-        sys.executable, '-W', 'ignore', SCRIPT] + [str(a) for a in args]
-    try:
-        return subprocess.run(cmd, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, env=env,
-                              timeout=timeout, universal_newlines=True)
-    except subprocess.TimeoutExpired as e:
-        pytest.fail('{} timed out; output:\n{}'.format(' '.join(cmd),
-                                                       e.output))
+    """train_imagenet.py ARGS, under ``mpiexec -n N`` when ``n``."""
+    return run_python(n, SCRIPT, args, timeout, **env_extra)
 
 
 @pytest.fixture(scope='module')
