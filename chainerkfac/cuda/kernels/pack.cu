@@ -59,6 +59,34 @@ __device__ __forceinline__ void store(__half* p, double v) {
   *p = __double2half(v);
 }
 
+// Where buffer position i comes from: array a (binary search of the
+// table's offsets) and its element k; for a symmetric d x d array the packed
+// triangle index t maps to (r, j), j >= r, so k = r d + j and its mirror
+// k_mirror = j d + r; other arrays are flat (k = k_mirror = t).
+struct Position {
+  int a;
+  long long k;
+  long long k_mirror;
+};
+
+__device__ __forceinline__ Position locate(const long long* table,
+                                           int n_arrays, long long i) {
+  Position p;
+  p.a = find_array(table, n_arrays, i);
+  const long long* entry = table + 4 * p.a;
+  const long long t = i - entry[1];
+  const long long d = entry[2];
+  p.k = t;
+  p.k_mirror = t;
+  if (d > 0) {
+    const long long r = triangle_row(t, d);
+    const long long j = r + (t - row_start(r, d));
+    p.k = r * d + j;
+    p.k_mirror = j * d + r;
+  }
+  return p;
+}
+
 // buffer[i] = cast(scale_a * x_a[k]); the product is taken in float32 for
 // float16/float32 arrays and in float64 for float64 ones; no scales: cast(x).
 template <typename B>
@@ -67,15 +95,10 @@ __device__ __forceinline__ void pack_body(const long long* table, int n_arrays,
                                           long long total) {
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
        i < total; i += (long long)blockDim.x * gridDim.x) {
-    int a = find_array(table, n_arrays, i);
+    const Position p = locate(table, n_arrays, i);
+    const int a = p.a;
+    const long long k = p.k;
     const long long* entry = table + 4 * a;
-    long long t = i - entry[1];
-    long long d = entry[2];
-    long long k = t;
-    if (d > 0) {
-      long long r = triangle_row(t, d);
-      k = r * d + r + (t - row_start(r, d));
-    }
     unsigned long long address = (unsigned long long)entry[0];
     if (entry[3] == 1) {
       double v = ((const double*)address)[k];
@@ -100,18 +123,11 @@ __device__ __forceinline__ void unpack_body(const B* buffer, long long total,
                                             const float* divisors) {
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
        i < total; i += (long long)blockDim.x * gridDim.x) {
-    int a = find_array(table, n_arrays, i);
+    const Position p = locate(table, n_arrays, i);
+    const int a = p.a;
+    const long long k = p.k;
+    const long long k_mirror = p.k_mirror;
     const long long* entry = table + 4 * a;
-    long long t = i - entry[1];
-    long long d = entry[2];
-    long long k = t;
-    long long k_mirror = t;
-    if (d > 0) {
-      long long r = triangle_row(t, d);
-      long long j = r + (t - row_start(r, d));
-      k = r * d + j;
-      k_mirror = j * d + r;
-    }
     unsigned long long address = (unsigned long long)entry[0];
     if (entry[3] == 1) {
       double v = (double)load_float(buffer + i);
