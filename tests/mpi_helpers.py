@@ -42,15 +42,8 @@ def run_mpi(n, script, *args, timeout=120):
     if not os.path.exists(MPIEXEC):
         pytest.fail('mpiexec not found next to {}; run scripts/bootstrap.sh'
                     .format(sys.executable))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [os.path.dirname(HERE), HERE, os.environ.get('PYTHONPATH', '')]),
-        OMP_NUM_THREADS='1', OPENBLAS_NUM_THREADS='1', PYTHONUNBUFFERED='1')
     cmd = [MPIEXEC, '-n', str(n), sys.executable,
            os.path.join(HERE, 'mpi_scripts', script)] + [str(a) for a in args]
-    try:
-        return subprocess.run(cmd, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, env=env,
-                              timeout=timeout, universal_newlines=True)
-    except subprocess.TimeoutExpired as e:
-        pytest.fail('{} timed out after {} s; output:\n{}'.format(
-            ' '.join(cmd), timeout, e.output))
+    return run_command(cmd, timeout, OPENBLAS_NUM_THREADS='1',
+                       PYTHONPATH=os.pathsep.join(
+                           [ROOT, HERE, os.environ.get('PYTHONPATH', '')]))
