@@ -77,13 +77,22 @@ REF_BATCH = 512
 METHOD_LABELS = {'sgd': 'momentum SGD', 'kfac': 'K-FAC every step',
                  'kfac_stale': 'K-FAC stale'}
 
-FULL = dict(batch_sizes='512,2048,8192,32768', epochs=20.0, train_limit=None,
-            test_limit=None, sgd_lrs='0.0125,0.025,0.05,0.1',
-            kfac_lrs='0.03,0.1', kfac_dampings='0.01,0.001', evals=30,
-            name='convergence')
+# The study, sized to finish in about two hours on 2 shared CPU cores with
+# ``--workers 2``: 6 epochs of all 60,000 images at every batch size, evaluated on
+# all 10,000 test images. SGD's peak learning rates are 0.05 at 512 and 0.1 at
+# 2048 (linear scaling of lr_ref 0.05 and 0.025), and {0.05, 0.1} at 8192 and
+# 32768: linear scaling beyond 2048 (peak 0.4 at 8192) blew up in the warm-up
+# here (docs/fidelity.md), so the sweep is taken below it.
+FULL = dict(batch_sizes='512,2048,8192,32768', epochs=6.0, train_limit=None,
+            test_limit=None,
+            sgd_lrs='512:0.05;2048:0.025;8192:0.003125,0.00625;'
+                    '32768:0.00078125,0.0015625',
+            kfac_lrs='0.1', kfac_dampings='0.01', evals=15, warmup_epochs=1.0,
+            stale_batch_sizes='512,2048,8192', workers=2, name='convergence')
 QUICK = dict(batch_sizes='512,2048', epochs=3.0, train_limit=8192,
              test_limit=1000, sgd_lrs='0.05,0.1', kfac_lrs='0.1',
-             kfac_dampings='0.01', evals=8, name='convergence_quick')
+             kfac_dampings='0.01', evals=8, warmup_epochs=None,
+             stale_batch_sizes=None, workers=1, name='convergence_quick')
 
 
 class IssueCNN(chainer.Chain):
@@ -126,10 +135,13 @@ def accuracy(model, x, t, batchsize=2000):
 
 
 def run_key(spec):
-    return '|'.join('{}={}'.format(k, spec[k]) for k in (
+    key = '|'.join('{}={}'.format(k, spec[k]) for k in (
         'method', 'batch', 'lr_ref', 'damping', 'epochs', 'train_limit',
         'test_limit', 'seed', 'max_steps', 'micro_batch', 'cov_ema_decay',
         'warmup_frac'))
+    if spec.get('warmup_epochs') is not None:   # absent from older records
+        key += '|warmup_epochs={}'.format(spec['warmup_epochs'])
+    return key
 
 
 def index_stream(n, seed):
@@ -160,7 +172,11 @@ def train_run(spec, data, log=print):
     total = max(1, int(round(spec['epochs'] * n / batch)))
     if spec['max_steps']:
         total = min(total, spec['max_steps'])
-    warmup = max(2, int(round(spec['warmup_frac'] * total)))
+    if spec.get('warmup_epochs') is not None:
+        warmup = max(2, int(round(spec['warmup_epochs'] * n / batch)))
+    else:
+        warmup = max(2, int(round(spec['warmup_frac'] * total)))
+    warmup = min(warmup, total)
     every = max(1, total // spec['evals'])
     numpy.random.seed(spec['seed'])
     model = IssueCNN()
@@ -317,17 +333,29 @@ def targets(records, batch_sizes):
             continue
         ks, ss = k['steps_to_90'], s['steps_to_90']
         if ks is None:
-            status = 'missed (K-FAC did not reach 90%)'
+            status = 'missed (K-FAC did not reach 90% in {} steps)'.format(
+                k['steps'])
         elif ss is None:
-            status = ('met on steps: SGD did not reach 90% in {} steps; '
-                      'wall {}'.format(s['steps'], 'met' if k['wall_to_90'] <
-                                       s['train_seconds'] else 'missed'))
+            # SGD's steps to 90% are only known to exceed its run length
+            steps_ok = ks <= 0.15 * s['steps']
+            wall_ok = k['wall_to_90'] < s['train_seconds']
+            status = ('{}: SGD did not reach 90% in its {} steps, so its steps '
+                      'to 90% exceed {}; K-FAC needed {} ({} 0.15 x {} = {:.1f}); '
+                      'wall {}'.format(
+                          'met' if steps_ok and wall_ok else 'undetermined',
+                          s['steps'], s['steps'], ks,
+                          '<=' if steps_ok else '>', s['steps'],
+                          0.15 * s['steps'],
+                          'met' if wall_ok else 'undetermined'))
         else:
             ok = ks <= 0.15 * ss and k['wall_to_90'] < s['wall_to_90']
             status = 'met' if ok else 'missed'
         out.append(dict(target=name, status=status, kfac_steps_to_90=ks,
                         sgd_steps_to_90=ss, kfac_wall_to_90=k['wall_to_90'],
                         sgd_wall_to_90=s['wall_to_90'],
+                        kfac_steps_to_88=k['steps_to_88'],
+                        sgd_steps_to_88=s['steps_to_88'],
+                        sgd_steps=s['steps'], sgd_train_seconds=s['train_seconds'],
                         ratio=(ks / ss if ks and ss else None)))
     name = 'final accuracy drop 512 -> 32768: K-FAC < SGD'
     finals = {}
@@ -507,11 +535,38 @@ def base_spec(args, method, batch, lr_ref, damping):
                 test_limit=args.test_limit, seed=args.seed,
                 max_steps=args.max_steps, micro_batch=args.micro_batch,
                 cov_ema_decay=None if method == 'sgd' else args.cov_ema_decay,
-                warmup_frac=args.warmup_frac, evals=args.evals)
+                warmup_frac=(None if args.warmup_epochs is not None
+                             else args.warmup_frac),
+                warmup_epochs=args.warmup_epochs, evals=args.evals)
 
 
 def floats(text):
     return [float(v) for v in text.split(',') if v]
+
+
+def per_batch_floats(text, batch_sizes):
+    """``'0.05,0.1'`` for every batch size, or ``'512:0.05;8192:0.003,0.006'``.
+
+    Returns {batch: [values]}; a batch size missing from a per-batch list is an
+    error naming it.
+    """
+    if ':' not in text:
+        return {b: floats(text) for b in batch_sizes}
+    grid = {}
+    for part in text.split(';'):
+        if not part.strip():
+            continue
+        b, _, values = part.partition(':')
+        try:
+            grid[int(b)] = floats(values)
+        except ValueError:
+            raise SystemExit('--sgd-lrs: cannot read {!r} (expected '
+                             'BATCH:LR,LR;BATCH:LR)'.format(part))
+    missing = [b for b in batch_sizes if b not in grid]
+    if missing:
+        raise SystemExit('--sgd-lrs gives no learning rate for batch size(s) {}'
+                         .format(', '.join(map(str, missing))))
+    return grid
 
 
 def parse(argv=None):
@@ -523,18 +578,30 @@ def parse(argv=None):
     p.add_argument('--epochs', type=float)
     p.add_argument('--train-limit', type=int, help='first N training images')
     p.add_argument('--test-limit', type=int, help='first N test images')
-    p.add_argument('--sgd-lrs', help='SGD lr at batch 512 (scaled by B/512)')
+    p.add_argument('--sgd-lrs', help='SGD lr_ref (peak lr = lr_ref x B/512): '
+                   '"0.05,0.1" for every batch size, or per batch size '
+                   '"512:0.05;8192:0.003125,0.00625"')
     p.add_argument('--kfac-lrs')
     p.add_argument('--kfac-dampings')
     p.add_argument('--evals', type=int, help='test evaluations per run')
     p.add_argument('--cov-ema-decay', type=float, default=0.1)
-    p.add_argument('--warmup-frac', type=float, default=0.05)
+    p.add_argument('--warmup-epochs', type=float,
+                   help='linear warm-up length in epochs (at least 2 steps); '
+                   'the study uses 1.0')
+    p.add_argument('--warmup-frac', type=float, default=0.05,
+                   help='warm-up as a fraction of the steps, when '
+                   '--warmup-epochs is not given (the quick study)')
     p.add_argument('--micro-batch', type=int, default=4096,
                    help='largest batch in one forward/backward (acc_iters)')
     p.add_argument('--max-steps', type=int, default=0,
                    help='cap on steps per run (0: none; tests)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--no-stale', action='store_true')
+    p.add_argument('--stale-batch-sizes',
+                   help='batch sizes that get a stale run (default: all)')
+    p.add_argument('--workers', type=int,
+                   help='runs trained at once, each in its own process with one '
+                   'BLAS thread (a Chainer CPU step uses about one core)')
     p.add_argument('--no-plots', action='store_true')
     p.add_argument('--out', help='results folder (default benchmarks/results/'
                    'fidelity/convergence[_quick])')
@@ -545,7 +612,105 @@ def parse(argv=None):
             setattr(args, k, v)
     if args.out is None:
         args.out = os.path.join(DEFAULT_OUT, preset['name'])
+    if args.workers < 1:
+        p.error('--workers must be at least 1')
     return args
+
+
+def plan_runs(args, batch_sizes):
+    """Every run of the study, in the order they start.
+
+    Largest batch first (the issue's step and wall-time targets), K-FAC before SGD
+    within a batch; a stale run is a ``('stale', batch)`` placeholder, resolved to
+    the best every-step configuration once that batch's K-FAC runs are finished.
+    """
+    sgd = per_batch_floats(args.sgd_lrs, batch_sizes)
+    stale_sizes = (batch_sizes if args.stale_batch_sizes is None else
+                   [int(b) for b in args.stale_batch_sizes.split(',') if b])
+    plan = []
+    for b in sorted(batch_sizes, reverse=True):
+        plan += [base_spec(args, 'kfac', b, lr, d)
+                 for lr in floats(args.kfac_lrs)
+                 for d in floats(args.kfac_dampings)]
+        plan += [base_spec(args, 'sgd', b, lr, None) for lr in sgd[b]]
+    if not args.no_stale:
+        plan += [('stale', b) for b in sorted(batch_sizes, reverse=True)
+                 if b in stale_sizes]
+    return plan
+
+
+_WORKER_DATA = None
+
+
+def _load_data(train_limit, test_limit):
+    x, t = load_fashion_mnist('train', limit=train_limit)
+    xt, tt = load_fashion_mnist('test', limit=test_limit)
+    return x, t, xt, tt
+
+
+def _init_worker(train_limit, test_limit):
+    global _WORKER_DATA
+    allocator.configure_allocator()
+    _WORKER_DATA = _load_data(train_limit, test_limit)
+
+
+def _train_in_worker(spec):
+    return train_run(spec, _WORKER_DATA, log=lambda s: print(s, flush=True))
+
+
+class _Inline(object):
+    """The pool interface, running each run in this process when it is asked for."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def submit(self, spec):
+        return _Deferred(lambda: train_run(spec, self.data,
+                                           log=lambda s: print(s, flush=True)))
+
+    def first_done(self, handles):
+        return handles[0]
+
+    def shutdown(self):
+        pass
+
+
+class _Deferred(object):
+    def __init__(self, fn):
+        self.result = fn
+
+
+class _Pool(object):
+    """``--workers N``: N spawned processes, one BLAS thread each."""
+
+    def __init__(self, workers, train_limit, test_limit):
+        import concurrent.futures
+        import multiprocessing
+        saved = {k: os.environ.get(k) for k in ('OPENBLAS_NUM_THREADS',
+                                                'OMP_NUM_THREADS')}
+        for k in saved:
+            os.environ[k] = '1'    # read by the workers' BLAS when it loads
+        try:
+            self.pool = concurrent.futures.ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context('spawn'),
+                initializer=_init_worker, initargs=(train_limit, test_limit))
+            self.pool.submit(int).result()   # start the workers now
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    def submit(self, spec):
+        return self.pool.submit(_train_in_worker, spec)
+
+    def first_done(self, futures):
+        import concurrent.futures
+        return next(concurrent.futures.as_completed(futures))
+
+    def shutdown(self):
+        self.pool.shutdown()
 
 
 def main(argv=None):
@@ -554,55 +719,98 @@ def main(argv=None):
     batch_sizes = [int(b) for b in args.batch_sizes.split(',')]
     os.makedirs(args.out, exist_ok=True)
     records = load_records(os.path.join(args.out, 'runs.jsonl'))
-    x, t = load_fashion_mnist('train', limit=args.train_limit)
-    xt, tt = load_fashion_mnist('test', limit=args.test_limit)
-    data = (x, t, xt, tt)
+    data = _load_data(args.train_limit, args.test_limit)
     args_dict = {k: v for k, v in vars(args).items()}
-    plan = []
-    for b in batch_sizes:
-        plan += [base_spec(args, 'sgd', b, lr, None)
-                 for lr in floats(args.sgd_lrs)]
-        plan += [base_spec(args, 'kfac', b, lr, d)
-                 for lr in floats(args.kfac_lrs)
-                 for d in floats(args.kfac_dampings)]
-        if not args.no_stale:
-            plan.append(('stale', b))
+    plan = plan_runs(args, batch_sizes)
     n_runs = len(plan)
     print('convergence: {} runs planned ({} train / {} test images, {} epochs, '
-          'batches {}); records in {}; {} already finished'.format(
-              n_runs, len(x), len(xt), args.epochs, batch_sizes, args.out,
-              len(records)), flush=True)
+          'batches {}, {} worker(s)); records in {}; {} already finished'.format(
+              n_runs, len(data[0]), len(data[2]), args.epochs, batch_sizes,
+              args.workers, args.out, len(records)), flush=True)
     started = time.time()
-    for i, spec in enumerate(plan):
-        if isinstance(spec, tuple):   # stale: at the best every-step config
-            k = best(list(records.values()), 'kfac', spec[1])
-            if k is None:
-                print('[{}/{}] stale B={}: no every-step K-FAC run; skipped'
-                      .format(i + 1, n_runs, spec[1]), flush=True)
-                continue
-            spec = base_spec(args, 'kfac_stale', spec[1], k['lr_ref'],
-                             k['damping'])
-        key = run_key(spec)
-        if key in records:
-            print('[{}/{}] {} B={} lr_ref={} damping={}: done before, skipped'
-                  .format(i + 1, n_runs, spec['method'], spec['batch'],
-                          spec['lr_ref'], spec['damping']), flush=True)
-            continue
-        print('[{}/{}] {} B={} lr_ref={} damping={} ({:.0f} s into this '
-              'call)'.format(i + 1, n_runs, spec['method'], spec['batch'],
-                             spec['lr_ref'], spec['damping'],
-                             time.time() - started), flush=True)
-        record = train_run(spec, data, log=lambda s: print(s, flush=True))
+    pool = (_Inline(data) if args.workers == 1 else
+            _Pool(args.workers, args.train_limit, args.test_limit))
+    pending = list(enumerate(plan))
+    running, failed = [], []
+
+    def ready(item):
+        """The spec to start now, 'skip', or None while it must wait."""
+        i, spec = item
+        if not isinstance(spec, tuple):
+            return spec
+        b = spec[1]
+        if any(isinstance(s, dict) and s['method'] == 'kfac' and s['batch'] == b
+               for _, s, _ in running) or any(
+                   not isinstance(s, tuple) and s['method'] == 'kfac' and
+                   s['batch'] == b for _, s in pending):
+            return None
+        k = best(list(records.values()), 'kfac', b)
+        if k is None:
+            print('[{}/{}] stale B={}: no every-step K-FAC run; skipped'
+                  .format(i + 1, n_runs, b), flush=True)
+            return 'skip'
+        return base_spec(args, 'kfac_stale', b, k['lr_ref'], k['damping'])
+
+    def finish(i, spec, handle):
+        try:
+            record = handle.result()
+        except Exception as e:   # keep the study going; named at the end
+            failed.append('{} B={} lr_ref={}: {}: {}'.format(
+                spec['method'], spec['batch'], spec['lr_ref'],
+                type(e).__name__, e))
+            print('[{}/{}] FAILED {}'.format(i + 1, n_runs, failed[-1]),
+                  flush=True)
+            return
         append_record(args.out, record)
-        records[key] = record
+        records[record['key']] = record
         write_summary(args.out, records, batch_sizes, args_dict)
         if not args.no_plots:
             plot(args.out, records, batch_sizes)
+        print('[{}/{}] finished {} B={} lr_ref={} damping={} ({:.0f} s into '
+              'this call)'.format(i + 1, n_runs, spec['method'], spec['batch'],
+                                  spec['lr_ref'], spec['damping'],
+                                  time.time() - started), flush=True)
+
+    try:
+        while pending or running:
+            while pending and len(running) < args.workers:
+                for j, item in enumerate(pending):
+                    spec = ready(item)
+                    if spec is not None:
+                        break
+                else:
+                    break    # only stale runs waiting for K-FAC runs
+                i = pending.pop(j)[0]
+                if spec == 'skip':
+                    continue
+                if run_key(spec) in records:
+                    print('[{}/{}] {} B={} lr_ref={} damping={}: done before, '
+                          'skipped'.format(i + 1, n_runs, spec['method'],
+                                           spec['batch'], spec['lr_ref'],
+                                           spec['damping']), flush=True)
+                    continue
+                print('[{}/{}] {} B={} lr_ref={} damping={} ({:.0f} s into this '
+                      'call)'.format(i + 1, n_runs, spec['method'],
+                                     spec['batch'], spec['lr_ref'],
+                                     spec['damping'], time.time() - started),
+                      flush=True)
+                running.append((i, spec, pool.submit(spec)))
+            if not running:
+                break
+            first = pool.first_done([r[2] for r in running])
+            done = [r for r in running if r[2] is first][0]
+            running.remove(done)
+            finish(*done)
+    finally:
+        pool.shutdown()
     summary = write_summary(args.out, records, batch_sizes, args_dict)
     if not args.no_plots:
         plot(args.out, records, batch_sizes)
     print(format_summary(summary), flush=True)
     print('total {:.0f} s in this call'.format(time.time() - started))
+    if failed:
+        raise SystemExit('{} run(s) failed:\n  {}'.format(
+            len(failed), '\n  '.join(failed)))
     return summary
 
 

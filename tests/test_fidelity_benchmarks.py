@@ -17,7 +17,8 @@ import scaling  # NOQA: E402
 TINY = ['--batch-sizes', '32', '--train-limit', '64', '--test-limit', '32',
         '--epochs', '1', '--max-steps', '1', '--evals', '1', '--sgd-lrs',
         '0.05', '--kfac-lrs', '0.05', '--kfac-dampings', '0.01',
-        '--micro-batch', '16']
+        '--micro-batch', '16', '--stale-batch-sizes', '32,64', '--workers', '1',
+        '--warmup-epochs', '1']
 
 
 def _lines(path):
@@ -77,3 +78,70 @@ def test_scaling_end_to_end(tmp_path):
     for name in ('scaling.json', 'measured.csv', 'model.csv',
                  'scaling_model.png'):
         assert os.path.getsize(os.path.join(out, name)) > 0, name
+
+
+def test_convergence_parallel_workers_and_stale_waits_for_kfac(tmp_path, capsys):
+    """``--workers 2``: runs train in two spawned processes; the stale run starts
+    only after its batch's K-FAC run is recorded, at that run's configuration."""
+    out = str(tmp_path / 'par')
+    args = TINY[:-6] + ['--workers', '2', '--warmup-epochs', '1',
+                        '--stale-batch-sizes', '32', '--kfac-dampings',
+                        '0.01,0.001', '--out', out, '--no-plots']
+    convergence.main(args)
+    printed = capsys.readouterr().out
+    runs = _lines(os.path.join(out, 'runs.jsonl'))
+    assert sorted(r['method'] for r in runs) == ['kfac', 'kfac', 'kfac_stale', 'sgd']
+    order = [r['method'] for r in runs]
+    assert order.index('kfac_stale') > max(      # after both K-FAC runs
+        i for i, m in enumerate(order) if m == 'kfac')
+    best = convergence.best(runs, 'kfac', 32)
+    stale = runs[order.index('kfac_stale')]
+    assert (stale['lr_ref'], stale['damping']) == (best['lr_ref'], best['damping'])
+    assert printed.count('] finished ') == 4
+
+
+def test_per_batch_learning_rates():
+    grid = convergence.per_batch_floats('512:0.05;8192:0.003125,0.00625',
+                                        [512, 8192])
+    assert grid == {512: [0.05], 8192: [0.003125, 0.00625]}
+    assert convergence.per_batch_floats('0.1,0.2', [1, 2]) == {
+        1: [0.1, 0.2], 2: [0.1, 0.2]}
+    with pytest.raises(SystemExit, match='batch size.*2048'):
+        convergence.per_batch_floats('512:0.05', [512, 2048])
+    with pytest.raises(SystemExit, match='cannot read'):
+        convergence.per_batch_floats('512:x', [512])
+
+
+def test_warmup_in_epochs_is_the_same_number_of_images_at_every_batch():
+    args = convergence.parse(['--epochs', '6', '--warmup-epochs', '1'])
+    plan = convergence.plan_runs(args, [512, 8192])
+    spec = [s for s in plan if isinstance(s, dict)][0]
+    assert spec['warmup_epochs'] == 1 and spec['warmup_frac'] is None
+    assert convergence.run_key(spec).endswith('|warmup_epochs=1.0')
+    # the planned order: largest batch first, K-FAC before SGD, stale last
+    methods = [(s[0], s[1]) if isinstance(s, tuple) else
+               (s['method'], s['batch']) for s in plan]
+    assert methods[0] == ('kfac', 8192) and methods[-1][0] == 'stale'
+
+
+def _record(method, batch, steps, s90, w90, final, train_s, s88=None):
+    return dict(method=method, batch=batch, steps=steps, steps_to_90=s90,
+                wall_to_90=w90, steps_to_88=s88, final_acc=final,
+                train_seconds=train_s, lr_ref=0.1, damping=0.01,
+                refresh_fraction=None)
+
+
+@pytest.mark.parametrize('sgd_s90,sgd_steps,kfac_s90,kfac_w90,expected', [
+    (200, 300, 30, 100.0, 'met'),             # 30 <= 0.15 x 200, faster
+    (100, 300, 30, 100.0, 'missed'),          # 30 > 15
+    (None, 300, 30, 100.0, 'met'),            # SGD's steps to 90 exceed 300
+    (None, 44, 30, 100.0, 'undetermined'),    # only known to exceed 44
+    (None, 300, 30, 5000.0, 'undetermined'),  # slower than SGD's whole run
+    (200, 300, None, None, 'missed'),         # K-FAC never reached 90%
+])
+def test_step_target_statuses(sgd_s90, sgd_steps, kfac_s90, kfac_w90, expected):
+    sgd = _record('sgd', 8192, sgd_steps, sgd_s90,
+                  None if sgd_s90 is None else 900.0, 0.9, 1000.0)
+    kfac = _record('kfac', 8192, 44, kfac_s90, kfac_w90, 0.91, 1500.0)
+    status = convergence.targets([sgd, kfac], [8192])[0]['status']
+    assert status.split()[0].rstrip(':') == expected, status
