@@ -12,12 +12,12 @@ it is defined here (``IssueCNN``), built from Chainer links only.
 Protocol, the same for every method and batch size:
 
 - the same epoch budget (``--epochs``) at every batch size; steps = round(epochs x N / B);
-- learning rate: linear warm-up over ``--warmup-frac`` of the steps (at least 2),
-  then cosine decay to 0; momentum 0.9; weight decay 5e-4
+- learning rate: linear warm-up over ``--warmup-epochs`` epochs (at least 2 steps;
+  the quick study: ``--warmup-frac`` of the steps), then cosine decay to 0; momentum 0.9; weight decay 5e-4
   (``chainer.optimizer_hooks.WeightDecay``; for K-FAC it is added to the gradient
   before preconditioning, as the package documents);
 - momentum SGD: linear LR scaling, ``lr = lr_ref x B / 512``, ``lr_ref`` swept over
-  ``--sgd-lrs``;
+  ``--sgd-lrs`` (one list for every batch size, or one per batch size);
 - K-FAC: the package's ``chainerkfac.KFAC`` (``bn_fisher='unit'``, ``cov_ema_decay``
   ``--cov-ema-decay``), lr x damping swept over ``--kfac-lrs`` x ``--kfac-dampings``,
   no LR scaling with the batch; ``stale=False`` (every statistic every step, CVPR);
@@ -28,7 +28,10 @@ Protocol, the same for every method and batch size:
   except that BN normalises each micro-batch with its own statistics;
 - fixed seeds: the same initial weights and the same sample order for every run of a
   seed; test accuracy on ``--test-limit`` test images about ``--evals`` times a run;
-  wall time is the training time only (evaluation excluded), on a shared machine.
+  wall time is the training time only (evaluation excluded), on a shared machine;
+- ``--workers N`` runs N runs at once, each in a spawned process with one BLAS thread
+  (a Chainer CPU step keeps about one core busy: one BLAS thread is as fast as two
+  here), so wall times are per run, measured beside another run.
 
 "Best" of a sweep: fewest steps to 90% test accuracy; if no run reached it, fewest to
 88%; then the highest final accuracy.
@@ -36,11 +39,20 @@ Protocol, the same for every method and batch size:
 Every finished run is appended to ``OUT/runs.jsonl`` (and its curve to
 ``OUT/curves.csv``) the moment it finishes; a rerun with the same flags skips the runs
 found there (an interrupted run restarts from its first step). After every run the
-summary (``summary.json``, ``summary.csv``) and the plots (``acc_vs_steps.png``,
+summary (``summary.json``, ``summary.csv``, ``report.md``) and the plots (``acc_vs_steps.png``,
 ``acc_vs_wall.png``, ``final_vs_batch.png``, ``stale.png``) are rewritten.
 
     .venv/bin/python benchmarks/convergence.py --quick   # < 15 min on 2 shared cores
-    .venv/bin/python benchmarks/convergence.py           # the full study (many hours here)
+    .venv/bin/python benchmarks/convergence.py           # the study (~2 h here)
+
+The study (no flags): batch sizes 512, 2048, 8192, 32768; all 60,000 training and
+10,000 test images; 6 epochs (703, 176, 44, 11 steps), a 1-epoch warm-up; 15
+evaluations per run; SGD peak lr 0.05 at 512 and 0.1 at 2048 (linear scaling of
+lr_ref 0.05 / 0.025) and {0.05, 0.1} at 8192 and 32768 (linear scaling to 0.4 and
+beyond blew up here); K-FAC lr 0.1, damping 1e-2 (the configuration the issue reports
+for this package); stale runs at 512, 2048 and 8192 (at 32768 all 11 steps but one
+fall in the stale rule's 10 warm-up steps); 2 workers. 13 runs, about two hours on
+this machine's 2 cores.
 
 ``--quick``: batch sizes 512 and 2048 only, the first 8,192 training images and the
 first 1,000 test images, 3 epochs (48 and 12 steps), SGD lr_ref {0.05, 0.1}, K-FAC (lr
@@ -409,7 +421,46 @@ def write_summary(out, records, batch_sizes, args_dict):
         w.writeheader()
         for row in summary['rows']:
             w.writerow(row)
+    with open(os.path.join(out, 'report.md'), 'w') as f:
+        f.write(markdown_report(records.values(), summary))
     return summary
+
+
+def markdown_report(records, summary):
+    """Every run and the targets as Markdown tables (``OUT/report.md``)."""
+    def f(v, fmt='{}'):
+        return '—' if v is None else fmt.format(v)
+    lines = ['| batch | method | peak lr | damping | steps (warm-up) | steps → 88 % '
+             '| wall → 88 % | steps → 90 % | wall → 90 % | best acc (step) '
+             '| final acc | refreshed (after warm-up) | training wall | s/step |',
+             '|' + '---|' * 14]
+    order = {'sgd': 0, 'kfac': 1, 'kfac_stale': 2}
+    for r in sorted(records, key=lambda r: (r['batch'], order[r['method']],
+                                            r['peak_lr'], r['damping'] or 0)):
+        peak = max(r['curve'], key=lambda p: p[3])
+        top = best(list(records), r['method'], r['batch']) is r
+        refreshed = '—'
+        if r['refresh_fraction'] is not None:
+            refreshed = '{:.3f} ({})'.format(
+                r['refresh_fraction'],
+                f(r['refresh_fraction_after_warmup'], '{:.3f}'))
+        lines.append('| {} | {}{} | {:.4g} | {} | {} ({}) | {} | {} | {} | {} | '
+                     '{:.4f} ({}) | {:.4f}{} | {} | {:.0f} s | {:.1f} |'.format(
+                         r['batch'], METHOD_LABELS[r['method']],
+                         ' (best)' if top else '', r['peak_lr'],
+                         f(r['damping'], '{:g}'), r['steps'], r['warmup_steps'],
+                         f(r['steps_to_88']), f(r['wall_to_88'], '{:.0f} s'),
+                         f(r['steps_to_90']), f(r['wall_to_90'], '{:.0f} s'),
+                         peak[3], peak[0], r['final_acc'],
+                         ' DIVERGED' if r['diverged'] else '', refreshed,
+                         r['train_seconds'], r['seconds_per_step']))
+    lines += ['', '| target | status | numbers |', '|---|---|---|']
+    for t in summary['targets']:
+        extra = ', '.join('{} {}'.format(k, round(v, 4) if isinstance(v, float)
+                                         else v)
+                          for k, v in t.items() if k not in ('target', 'status'))
+        lines.append('| {} | {} | {} |'.format(t['target'], t['status'], extra))
+    return '\n'.join(lines) + '\n'
 
 
 def format_summary(summary):

@@ -36,7 +36,11 @@ def test_convergence_end_to_end_and_resumes(tmp_path, capsys):
         assert len(r['curve']) == 1 and 0 <= r['final_acc'] <= 1
     stale = [r for r in runs if r['method'] == 'kfac_stale'][0]
     assert 0 < stale['refresh_fraction'] <= 1
-    for name in ('summary.json', 'summary.csv', 'curves.csv',
+    with open(os.path.join(out, 'report.md')) as f:
+        report = f.read()
+    assert report.count('| 32 |') == 3 and 'K-FAC stale' in report
+    assert 'not measured' in report
+    for name in ('summary.json', 'summary.csv', 'curves.csv', 'report.md',
                  'acc_vs_steps.png', 'acc_vs_wall.png', 'final_vs_batch.png',
                  'stale.png'):
         assert os.path.getsize(os.path.join(out, name)) > 0, name
