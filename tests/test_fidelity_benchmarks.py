@@ -126,6 +126,12 @@ def test_warmup_in_epochs_is_the_same_number_of_images_at_every_batch():
     methods = [(s[0], s[1]) if isinstance(s, tuple) else
                (s['method'], s['batch']) for s in plan]
     assert methods[0] == ('kfac', 8192) and methods[-1][0] == 'stale'
+    # a warm-up fraction given on the command line replaces the preset's epochs,
+    # so the committed 5-epoch run's command still finds its record
+    args = convergence.parse(['--warmup-frac', '0.2'])
+    assert args.warmup_epochs is None and args.warmup_frac == 0.2
+    assert convergence.parse([]).warmup_epochs == 1.0
+    assert convergence.parse(['--quick']).warmup_frac == 0.05
 
 
 def _record(method, batch, steps, s90, w90, final, train_s, s88=None):
