@@ -60,10 +60,11 @@ first 1,000 test images, 3 epochs (48 and 12 steps), SGD lr_ref {0.05, 0.1}, K-F
 it checks the pipeline and shows the trends, it does not test the targets.
 """
 import argparse
-import copy
+import concurrent.futures
 import csv
 import json
 import math
+import multiprocessing
 import os
 import platform
 import sys
@@ -658,12 +659,12 @@ def parse(argv=None):
                    'fidelity/convergence[_quick])')
     args = p.parse_args(argv)
     preset = QUICK if args.quick else FULL
-    if args.warmup_frac is not None and args.warmup_epochs is None:
-        args.warmup_epochs = 'none'    # a fraction given: not the preset's epochs
+    # a warm-up fraction given alone replaces the preset's warm-up in epochs
+    fraction_only = args.warmup_frac is not None and args.warmup_epochs is None
     for k, v in preset.items():
         if k != 'name' and getattr(args, k, None) is None:
             setattr(args, k, v)
-    if args.warmup_epochs == 'none':
+    if fraction_only:
         args.warmup_epochs = None
     if args.warmup_frac is None:
         args.warmup_frac = 0.05
@@ -741,8 +742,6 @@ class _Pool(object):
     """``--workers N``: N spawned processes, one BLAS thread each."""
 
     def __init__(self, workers, train_limit, test_limit):
-        import concurrent.futures
-        import multiprocessing
         saved = {k: os.environ.get(k) for k in ('OPENBLAS_NUM_THREADS',
                                                 'OMP_NUM_THREADS')}
         for k in saved:
@@ -763,7 +762,6 @@ class _Pool(object):
         return self.pool.submit(_train_in_worker, spec)
 
     def first_done(self, futures):
-        import concurrent.futures
         return next(concurrent.futures.as_completed(futures))
 
     def shutdown(self):
@@ -796,7 +794,7 @@ def main(argv=None):
         if not isinstance(spec, tuple):
             return spec
         b = spec[1]
-        if any(isinstance(s, dict) and s['method'] == 'kfac' and s['batch'] == b
+        if any(s['method'] == 'kfac' and s['batch'] == b
                for _, s, _ in running) or any(
                    not isinstance(s, tuple) and s['method'] == 'kfac' and
                    s['batch'] == b for _, s in pending):
