@@ -363,7 +363,8 @@ def build_optimizer(config, comm, model):
         **({'stale_threshold': config['stale_threshold'],
             'stale_max_interval': config['stale_max_interval'],
             'stale_warmup': config['stale_warmup'],
-            'stale_growth': config['stale_growth']} if config['stale']
+            'stale_growth': config['stale_growth'],
+            'stale_loss_ratio': config['stale_loss_ratio']} if config['stale']
            else {}),
         comm_dtype=config['comm_dtype'], assignment=config['assignment'],
         communicate_after_forward=config['communicate_after_forward'])

@@ -1,10 +1,13 @@
 """Base class of the Fisher blocks: the curvature of one link's parameters."""
 import warnings
+import zlib
 
 import chainer
 import numpy
+from chainer import backend
 
 from chainerkfac import linalg
+from chainerkfac import stale
 
 
 def compute_dtype(array):
@@ -25,6 +28,75 @@ def batch_sum(x, axis, keepdims=False):
         return x.sum(axis=axis, dtype=numpy.float64,
                      keepdims=keepdims).astype(x.dtype, copy=False)
     return x.sum(axis=axis, keepdims=keepdims)
+
+
+def example_moment(columns, n_examples, scale, with_bias=False, probes=None,
+                   chunk_elements=1 << 24):
+    """Per-example mean ``mu2 = (1/N) sum_n ||x_n||_F^2`` of a statistic
+    ``X = (1/N) sum_n x_n`` whose example ``n`` contributes
+    ``x_n = scale * sum_{t in n} cbar_t cbar_t^T`` (``cbar = [c; 1]`` with a
+    bias), as a 0-d array on the columns' device.
+
+    It is the input of the sampling-noise estimate of the stale rule
+    (:func:`chainerkfac.stale.sampling_noise`):
+    ``E||X - E X||^2 ~= (mu2 - ||X||^2) / (N - 1)``. It is a sum over examples,
+    so the mean over ranks of each rank's ``mu2`` is the global one.
+
+    Args:
+        columns: ``(D, N*T)`` array; example ``n`` owns the ``T`` columns
+            ``n*T .. n*T + T - 1`` (im2col order; ``T = 1`` for Linear).
+        n_examples (int): N.
+        scale (float): the contribution's factor.
+        with_bias (bool): append the constant-one row.
+        probes: for ``T > 1``, a ``(D [+1], K)`` array of Rademacher
+            vectors ``z``: ``mu2`` is then estimated without forming the
+            ``x_n`` as ``(1/K) sum_k (1/N) sum_n ||x_n z_k||^2``, unbiased
+            over ``z`` (``E[z z^T] = I``), at ``~3 K D N T`` flops against
+            the statistic's ``2 D^2 N T``. The owner subtracts
+            ``(1/K) ||X Z||_F^2`` for the same ``Z``
+            (:func:`statistic_square_norm`), which makes the difference equal
+            ``(1/(K N)) sum_k sum_n ||(x_n - X) z_k||^2`` exactly.
+        chunk_elements (int): bound on the temporary of one probe (examples
+            are processed in chunks).
+
+    For ``T = 1`` it is exact: ``scale^2 ||cbar_n||^4``.
+    """
+    xp = backend.get_array_module(columns)
+    d, m = columns.shape
+    per = m // n_examples
+    if per == 1:
+        norms = batch_sum(columns * columns, 0)
+        if with_bias:
+            norms = norms + 1
+        return (scale * scale) * batch_sum(norms * norms, 0) / n_examples
+    if probes is None:
+        raise ValueError('example_moment needs probes when examples own '
+                         'several columns')
+    total = xp.zeros((), dtype=columns.dtype)
+    z = probes[:d]
+    step = max(1, chunk_elements // max(1, d * per))
+    for lo in range(0, n_examples, step):
+        hi = min(n_examples, lo + step)
+        part = columns[:, lo * per:hi * per]
+        u = z.T @ part                                  # (K, n*T)
+        if with_bias:
+            u += probes[d][:, None]
+        for k in range(probes.shape[1]):
+            y = (part * u[k]).reshape(d, hi - lo, per).sum(axis=2)
+            total += (y * y).sum()
+            if with_bias:
+                s = u[k].reshape(hi - lo, per).sum(axis=1)
+                total += (s * s).sum()
+    return (scale * scale) * total / (probes.shape[1] * n_examples)
+
+
+def statistic_square_norm(statistic, probes=None):
+    """``||X||_F^2``, or ``(1/K) ||X Z||_F^2`` for the probes ``Z`` that
+    :func:`example_moment` used (0-d, on the device)."""
+    if probes is None:
+        return (statistic * statistic).sum()
+    xz = statistic @ probes
+    return (xz * xz).sum() / probes.shape[1]
 
 
 class FisherBlock(object):
@@ -67,6 +139,24 @@ class FisherBlock(object):
         self._inverted = ()
         #: statistics to capture in the current update (the schedule's)
         self.due = set(self.statistic_names)
+        #: the step (1-based) the current capture belongs to (set by the
+        #: optimizer; selects the noise probes)
+        self.capture_step = 1
+        #: whether captures also record the per-example moments of the
+        #: stale rule's noise estimate (the optimizer turns it off when its
+        #: schedule does not use them)
+        self.record_moments = True
+        self._moment_sums = dict.fromkeys(self.statistic_names)
+        self._examples = dict.fromkeys(self.statistic_names, 0)
+        #: statistic name -> whether its noise moment used probes
+        self.probed = dict.fromkeys(self.statistic_names, False)
+        self._probe_banks = {}
+        # The stale rule's state of each statistic, on its owner:
+        #: name -> the statistic at its last refresh (the EMA itself when
+        #: ``cov_ema_decay`` is 1)
+        self.reference = dict.fromkeys(self.statistic_names)
+        #: name -> the sampling-noise variance of :attr:`reference` (0-d)
+        self.reference_noise = dict.fromkeys(self.statistic_names)
 
     # --- parameters --------------------------------------------------------
     @property
@@ -110,41 +200,119 @@ class FisherBlock(object):
         """Hook on the link's backward; ``gy``: gradient of the loss w.r.t.
         the output, multiplied by ``grad_scale`` (the loss scale)."""
 
-    def accumulate(self, name, value):
-        """Adds one micro-batch's statistic ``name``."""
+    def accumulate(self, name, value, moment=None, examples=0):
+        """Adds one micro-batch's statistic ``name`` (its value, and its
+        per-example moment ``mu2`` over ``examples`` examples, see
+        :func:`example_moment`)."""
         if self._sums[name] is None:
             self._sums[name] = value
+            self._moment_sums[name] = moment
         else:
             self._sums[name] += value
+            if moment is not None and self._moment_sums[name] is not None:
+                self._moment_sums[name] = self._moment_sums[name] + moment
         self._counts[name] += 1
+        self._examples[name] += examples
 
-    def take_statistics(self, names=None):
+    def take_statistics(self, names=None, with_moments=False):
         """Returns {name: mean over the micro-batches since the last call}.
 
         Statistics not captured since the last call are absent. ``names``
-        restricts the take to those statistics (default: all).
+        restricts the take to those statistics (default: all; an empty list
+        takes none). With ``with_moments``, returns ``(values, moments)``,
+        ``moments[name] = (mu2, examples)``: the mean per-example moment
+        (a 0-d array, or None) and the number of examples behind the value.
         """
-        out = {}
-        for name in names or self.statistic_names:
+        out, moments = {}, {}
+        for name in self.statistic_names if names is None else names:
             if name not in self._sums:
                 continue
             total, count = self._sums[name], self._counts[name]
             if total is not None:
                 out[name] = total / count if count > 1 else total
+                moment = self._moment_sums[name]
+                if moment is not None and count > 1:
+                    moment = moment / count
+                moments[name] = (moment, self._examples[name])
             self._sums[name], self._counts[name] = None, 0
-        return out
+            self._moment_sums[name], self._examples[name] = None, 0
+        return (out, moments) if with_moments else out
+
+    def noise_probes(self, name, size, xp, dtype, count=2, sets=8):
+        """The ``(size, count)`` Rademacher probes of statistic ``name`` at
+        :attr:`capture_step`: ``sets`` fixed sets per statistic (seeded by
+        its schedule key, so every rank and process draws the same ones),
+        used in turn, step after step. Kept on the device."""
+        key = (name, size, xp.__name__, numpy.dtype(dtype).str)
+        bank = self._probe_banks.get(key)
+        if bank is None:
+            seed = zlib.crc32(self.schedule_keys[name].encode())
+            signs = numpy.random.RandomState(seed).randint(
+                0, 2, (size, count * sets)) * 2 - 1
+            bank = xp.asarray(signs.astype(dtype))
+            self._probe_banks[key] = bank
+        s = (self.capture_step - 1) % (bank.shape[1] // count)
+        return bank[:, s * count:(s + 1) * count]
 
     # --- curvature ---------------------------------------------------------
-    def update_ema(self, statistics, decay):
-        """``ema = decay * new + (1 - decay) * ema`` (the original code's
-        convention: ``decay`` weighs the *new* statistic; 1 keeps the newest
-        only). The first statistic initialises the EMA."""
+    def update_ema(self, statistics, decay, elapsed=None):
+        """``ema = w new + (1 - w) ema`` with ``w = 1 - (1 - r)^k``
+        (``r = decay``, the weight of the newest statistic: the original
+        code's convention; 1 keeps the newest only), where ``k`` is the
+        number of steps since the statistic's previous refresh
+        (``elapsed[name]``, default 1). The result equals ``k`` every-step
+        updates ``ema = r new + (1 - r) ema`` with the same statistic, so a
+        statistic refreshed every ``k`` steps keeps the weighting of the
+        every-step EMA instead of lagging ``k`` times further behind. The
+        first statistic initialises the EMA."""
         for name, new in statistics.items():
             old = self.ema[name]
-            if old is None or decay == 1:
+            k = 1 if elapsed is None else elapsed.get(name, 1)
+            weight = 1.0 - (1.0 - decay) ** k
+            if old is None or weight == 1:
                 self.ema[name] = new
             else:
-                self.ema[name] = decay * new + (1 - decay) * old
+                self.ema[name] = weight * new + (1 - weight) * old
+
+    def statistic_square_norm(self, name, statistic):
+        """``||X||_F^2`` of a reduced statistic, or its probe estimate when
+        its per-example moment was estimated with probes (0-d, device)."""
+        probes = None
+        if self.probed[name]:
+            probes = self.noise_probes(
+                name, statistic.shape[0],
+                backend.get_array_module(statistic), statistic.dtype)
+        return statistic_square_norm(statistic, probes)
+
+    def refresh_reference(self, name, new, moment):
+        """The stale rule's measure for a refresh of statistic ``name``.
+
+        Args:
+            new: the statistic of this step (reduced over ranks).
+            moment: ``(mu2, examples)``: its per-example moment and the
+                number of examples behind it (over all ranks).
+
+        Returns:
+            the squared relative drift ``d^2`` since the previous refresh
+            (:func:`chainerkfac.stale.drift`, 0-d on the device), or ``inf``
+            for the first refresh. ``new`` and its sampling noise become the
+            reference of the next refresh (with ``cov_ema_decay`` 1 that is
+            the EMA itself; otherwise one more array of the statistic's
+            size is kept).
+        """
+        mu2, examples = moment
+        noise = stale.sampling_noise(
+            mu2, self.statistic_square_norm(name, new), examples)
+        reference = self.reference[name]
+        if reference is None:
+            change = float('inf')
+        else:
+            previous = self.reference_noise[name]
+            change = stale.drift(new, noise, reference,
+                                 0.0 if previous is None else previous)
+        self.reference[name] = new
+        self.reference_noise[name] = noise
+        return change
 
     def compute_inverses(self, damping, stab_coeff, pi_type, names, status,
                          index):
@@ -266,6 +434,42 @@ class FisherBlock(object):
                     self.damping_floor[name] = 0.0
             else:
                 serializer(key, self.damping_floor[name])
+        self._serialize_stale_state(serializer, loading)
+
+    def _serialize_stale_state(self, serializer, loading):
+        """The stale rule's per-statistic state: the reference statistic
+        (not stored again when it is the EMA) and its sampling noise (-1
+        stands for none)."""
+        for name in self.statistic_names:
+            keys = ('ref_is_ema_' + name, 'ref_' + name, 'ref_noise_' + name)
+            if not loading:
+                reference = self.reference[name]
+                is_ema = reference is not None and reference is self.ema[name]
+                serializer(keys[0], int(is_ema))
+                serializer(keys[1], numpy.zeros((0,), numpy.float32)
+                           if reference is None or is_ema else reference)
+                noise = self.reference_noise[name]
+                serializer(keys[2], -1.0 if noise is None else float(noise))
+                continue
+            try:
+                is_ema = int(serializer(keys[0], 0))
+            except KeyError:
+                warnings.warn(
+                    'chainerkfac: the snapshot has no stale-statistics state '
+                    'for Fisher block {} (written by an older version): its '
+                    'next refresh compares with the EMA'.format(self.name),
+                    RuntimeWarning)
+                self.reference[name] = self.ema[name]
+                self.reference_noise[name] = None
+                continue
+            value = serializer(keys[1], None)
+            if is_ema:
+                self.reference[name] = self.ema[name]
+            else:
+                self.reference[name] = (None if value is None or value.size == 0
+                                        else self.link.device.send(value))
+            noise = float(serializer(keys[2], -1.0))
+            self.reference_noise[name] = None if noise < 0 else noise
 
     def to_device(self, device):
         for table in (self.ema, self.inverse):

@@ -103,19 +103,29 @@ class BatchNormalizationBlock(FisherBlock):
             x, gy, tuple(function.axis), function.eps, grad_scale)
         n = x.shape[0]
         xp = backend.get_array_module(g_gamma)
+        gg, bb = g_gamma * g_gamma, g_beta * g_beta
         if self.mode == 'full':
             f = xp.concatenate([g_gamma, g_beta], axis=1)
             stat = f.T @ f
+            # x_n = f_n f_n^T: ||x_n||^2 = ||f_n||^4
+            per_example = (batch_sum(gg + bb, 1) ** 2
+                           if self.record_moments else None)
         elif self.mode == 'unit':
             stat = xp.empty((g_gamma.shape[1], 2, 2), dtype=g_gamma.dtype)
-            stat[:, 0, 0] = batch_sum(g_gamma * g_gamma, 0)
-            stat[:, 1, 1] = batch_sum(g_beta * g_beta, 0)
+            stat[:, 0, 0] = batch_sum(gg, 0)
+            stat[:, 1, 1] = batch_sum(bb, 0)
             stat[:, 0, 1] = stat[:, 1, 0] = batch_sum(g_gamma * g_beta, 0)
+            # per channel ||[g b]^T [g b]||^2 = (g^2 + b^2)^2
+            per_example = (batch_sum((gg + bb) ** 2, 1)
+                           if self.record_moments else None)
         else:
-            stat = xp.concatenate([batch_sum(g_gamma * g_gamma, 0),
-                                   batch_sum(g_beta * g_beta, 0)])
+            stat = xp.concatenate([batch_sum(gg, 0), batch_sum(bb, 0)])
+            per_example = (batch_sum(gg * gg + bb * bb, 1)
+                           if self.record_moments else None)
         stat /= n
-        self.accumulate('F', stat)
+        moment = (batch_sum(per_example, 0) / n if self.record_moments
+                  else None)
+        self.accumulate('F', stat, moment, n)
 
     def compute_inverses(self, damping, stab_coeff, pi_type, names, status,
                          index):

@@ -3,6 +3,7 @@ from chainer import backend
 from chainer.utils import conv
 
 from chainerkfac.fisher_blocks.base import compute_dtype
+from chainerkfac.fisher_blocks.base import example_moment
 from chainerkfac.fisher_blocks import kronecker
 
 
@@ -39,8 +40,13 @@ class Convolution2DBlock(kronecker.KroneckerFactoredBlock):
         x, w = in_data[0], in_data[1]
         x = x.astype(compute_dtype(x), copy=False)
         patches = patches_matrix(x, w.shape[2], w.shape[3], function)
+        n = x.shape[0]
+        moment = None
+        if self.record_moments:
+            moment = example_moment(patches, n, 1.0, self.has_bias,
+                                    self._probes_for('A', patches, n))
         self.accumulate('A', kronecker.input_second_moment(
-            patches, x.shape[0], self.has_bias))
+            patches, n, self.has_bias), moment, n)
 
     def backward(self, function, in_data, gy, grad_scale):
         if 'G' not in self.due:
@@ -49,5 +55,19 @@ class Convolution2DBlock(kronecker.KroneckerFactoredBlock):
         n, c_out, ho, wo = gy.shape
         grads = gy.transpose(1, 0, 2, 3).reshape(c_out, -1)
         # (1/(N T)) sum (N gy)(N gy)^T, with the loss scale removed
+        moment = None
+        if self.record_moments:
+            moment = example_moment(grads, n, n * n / (ho * wo) / grad_scale
+                                    ** 2, False, self._probes_for('G', grads, n))
         self.accumulate('G', kronecker.output_second_moment(
-            grads, n / (ho * wo) / grad_scale ** 2))
+            grads, n / (ho * wo) / grad_scale ** 2), moment, n)
+
+    def _probes_for(self, name, columns, n_examples):
+        """The noise probes of a statistic whose examples own several
+        columns (None when each owns one: the moment is then exact)."""
+        self.probed[name] = columns.shape[1] > n_examples
+        if not self.probed[name]:
+            return None
+        size = self.statistic_shapes()[name][0]
+        return self.noise_probes(name, size, backend.get_array_module(
+            columns), columns.dtype)

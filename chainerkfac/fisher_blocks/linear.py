@@ -1,5 +1,6 @@
 """Fisher block of ``chainer.links.Linear``."""
 from chainerkfac.fisher_blocks.base import compute_dtype
+from chainerkfac.fisher_blocks.base import example_moment
 from chainerkfac.fisher_blocks import kronecker
 
 
@@ -17,8 +18,11 @@ class LinearBlock(kronecker.KroneckerFactoredBlock):
             return
         x = in_data[0]
         x = x.astype(compute_dtype(x), copy=False)
+        n = x.shape[0]
+        moment = (example_moment(x.T, n, 1.0, self.has_bias)
+                  if self.record_moments else None)
         self.accumulate('A', kronecker.input_second_moment(
-            x.T, x.shape[0], self.has_bias))
+            x.T, n, self.has_bias), moment, n)
 
     def backward(self, function, in_data, gy, grad_scale):
         if 'G' not in self.due:
@@ -26,5 +30,7 @@ class LinearBlock(kronecker.KroneckerFactoredBlock):
         gy = gy.astype(compute_dtype(gy), copy=False)
         n = gy.shape[0]
         # (1/N) sum (N gy)(N gy)^T, with the loss scale removed
+        moment = (example_moment(gy.T, n, (n / grad_scale) ** 2)
+                  if self.record_moments else None)
         self.accumulate('G', kronecker.output_second_moment(
-            gy.T, n / grad_scale ** 2))
+            gy.T, n / grad_scale ** 2), moment, n)

@@ -100,6 +100,8 @@ class DistributedKFAC(KFAC):
         self._missing = []          # this step's due statistics not captured
         self._missing_flag = None   # their flag, sent in every segment
         self._missing_seen = None   # the flags' mean over ranks (device)
+        self._examples = {}         # schedule key -> examples behind it here
+        self._mean_loss = None      # the step's loss, mean over ranks
 
     @property
     def _distributed(self):
@@ -197,15 +199,16 @@ class DistributedKFAC(KFAC):
                 items = []
                 for block in self.blocks_of(rank):
                     if 'A' in block.due:  # the schedule: same on every rank
-                        stat = self._due_statistics(block, ['A'])['A']
+                        stats, moments = self._due_statistics(block, ['A'])
                         block.pending_a = True
-                        items.append((stat, True))
+                        items += [(stats['A'], True), (moments['A'], False)]
                 per_rank.append(items)
             self._pending_a = self.communicator.start_reduce_scatter_v(
                 per_rank, self.comm_dtype, purpose='rs_forward')
 
     def _due_statistics(self, block, names):
-        """This rank's statistics ``names`` of ``block`` (all due).
+        """This rank's statistics ``names`` of ``block`` (all due), and
+        their per-example moments as 1-element arrays.
 
         Every rank must send the statistics the schedule says are due, so
         that all pass MPI the same counts. A due statistic this rank did not
@@ -213,29 +216,43 @@ class DistributedKFAC(KFAC):
         data-dependent branch, a bug in the model) is sent as zeros and
         recorded; the step then ends on every rank with an error naming the
         link and the rank (:meth:`verify_device_checks`).
+
+        Returns:
+            tuple: ``({name: statistic}, {name: moment})``.
         """
-        stats = block.take_statistics(names)
+        stats, moments = block.take_statistics(names, with_moments=True)
+        xp = block.link.xp
+        dtype = compute_dtype(block.params[0].array)
+        out = {}
         for name in names:
             if name not in stats:
                 self._missing.append('{} {}'.format(block.name, name))
-                stats[name] = block.link.xp.zeros(
-                    block.statistic_shapes()[name],
-                    compute_dtype(block.params[0].array))
-        return stats
+                stats[name] = xp.zeros(block.statistic_shapes()[name], dtype)
+                moment = None
+            else:
+                moment, examples = moments[name]
+                self._examples[block.schedule_keys[name]] = examples
+            out[name] = (xp.zeros(1, stats[name].dtype) if moment is None
+                         else xp.asarray(moment, stats[name].dtype).reshape(1))
+        return stats, out
 
     def _stage2_items(self, rank, local):
         """(array, symmetric) pairs of ``rank``'s segment: each block's
         gradients, then its due statistics (those not sent after the
-        forward pass), then the one-value flag of statistics this rank
-        missed (every rank's flag goes into every segment, so every rank
-        learns whether any rank missed one)."""
+        forward pass), each followed by its per-example moment (one value),
+        then the flag of statistics this rank missed and, with the stale
+        rule, this rank's loss (every rank's go into every segment, so
+        every rank learns whether any rank missed one, and the mean
+        loss)."""
         items = []
         for block in self.blocks_of(rank):
             items += [(p.grad, False) for p in block.params]
+            stats, moments = local[block]
             for name in block.statistic_names:
-                if name in local[block]:
-                    stat = local[block][name]
-                    items.append((stat, _is_symmetric(stat)))
+                if name in stats:
+                    stat = stats[name]
+                    items += [(stat, _is_symmetric(stat)),
+                              (moments[name], False)]
         items.append((self._missing_flag, False))
         return items
 
@@ -249,30 +266,47 @@ class DistributedKFAC(KFAC):
             names = [n for n in block.statistic_names if n in block.due
                      and not (n == 'A' and getattr(block, 'pending_a', False))]
             local[block] = self._due_statistics(block, names)
-        self._missing_flag = self.target.xp.full(
-            1, 1.0 if self._missing else 0.0, numpy.float32)
+        xp = self.target.xp
+        flag = xp.full(1, 1.0 if self._missing else 0.0, numpy.float32)
+        self._mean_loss = None
+        loss = self.step_loss()
+        self._missing_flag = flag if loss is None else xp.concatenate(
+            [flag, loss.reshape(1)])
         received = comm.reduce_scatter_v(
             [self._stage2_items(r, local) for r in range(comm.size)],
             self.comm_dtype)
         forward_a = self._pending_a.wait() if self._pending_a else []
         self._pending_a = None
-        self._missing_seen = received[-1]
+        self._missing_seen = received[-1][:1]
+        self._mean_loss = None if loss is None else received[-1][1]
         received, forward_a = iter(received[:-1]), iter(forward_a)
         statistics = []
         for block in self.owned_blocks:
             for param in block.params:
                 param.grad[...] = next(received)
-            stats = {}
+            stats, moments = {}, {}
             for name in block.statistic_names:
-                if name in local[block]:
-                    stats[name] = next(received)
-            if getattr(block, 'pending_a', False):
-                stats['A'] = next(forward_a)
-            statistics.append((block, stats))
+                source = None
+                if name in local[block][0]:
+                    source = received
+                elif name == 'A' and getattr(block, 'pending_a', False):
+                    source = forward_a
+                if source is not None:
+                    stats[name] = next(source)
+                    examples = self._examples.get(block.schedule_keys[name], 0)
+                    moments[name] = (next(source).reshape(()),
+                                     examples * comm.size)
+            statistics.append((block, stats, moments))
         for block in self.fisher_blocks:
             block.pending_a = False
         self._allreduce_plain_and_bn()
         return statistics
+
+    def step_loss(self):
+        """This rank's loss before stage 2, the mean over ranks after it."""
+        if self._mean_loss is not None:
+            return self._mean_loss
+        return super(DistributedKFAC, self).step_loss()
 
     def device_checks(self):
         """The mean over ranks of the missed-statistics flags (read with
@@ -311,46 +345,41 @@ class DistributedKFAC(KFAC):
                                 for b in self.owned_blocks]
         super(DistributedKFAC, self).update_parameters(status)
 
-    def _due_keys(self, rank):
-        """Schedule keys refreshed this step among ``rank``'s blocks."""
-        return [b.schedule_keys[n] for b in self.blocks_of(rank)
-                for n in b.statistic_names if n in b.due]
-
-    def exchange_parameters(self, intervals):
+    def exchange_parameters(self, decisions):
         """Stage 4: every rank adds the parameter steps of every owner, and
-        learns the new intervals of the statistics each owner refreshed
-        (0 for a due statistic that was not captured), so the schedule of
-        the next step is identical everywhere."""
+        learns each owner's schedule decisions (one value per statistic of
+        its blocks, every step: the next interval of a refreshed statistic,
+        1 for an early refresh, 0 otherwise), so the schedule of the next
+        step is identical everywhere."""
         if not self._distributed:
-            return intervals
+            return decisions
         comm, rank = self.communicator, self.communicator.rank
         own = []
         for block, olds in zip(self.owned_blocks, self._old_params):
             for param, old in zip(block.params, olds):
                 dtype = numpy.promote_types(param.dtype, numpy.float32)
                 own.append(param.array.astype(dtype) - old.astype(dtype))
-        due_keys = [self._due_keys(r) for r in range(comm.size)]
-        if due_keys[rank]:
-            own.append(numpy.array([intervals.get(k, 0)
-                                    for k in due_keys[rank]], numpy.float32))
+        keys = [self._schedule_keys(r) for r in range(comm.size)]
+        if keys[rank]:
+            own.append(numpy.array([decisions[k] for k in keys[rank]],
+                                   numpy.float32))
         per_rank = []
         for r in range(comm.size):
             if r == rank:
                 per_rank.append(own)
                 continue
             arrays = [p.array for b in self.blocks_of(r) for p in b.params]
-            if due_keys[r]:
-                arrays.append(numpy.empty(len(due_keys[r]), numpy.float32))
+            if keys[r]:
+                arrays.append(numpy.empty(len(keys[r]), numpy.float32))
             per_rank.append(arrays)
         gathered = comm.all_gather_v(per_rank, self.comm_dtype)
-        all_intervals = {}
+        everything = {}
         for r in range(comm.size):
             params = [p for b in self.blocks_of(r) for p in b.params]
-            keys = due_keys[r]
-            if keys:
+            if keys[r]:
                 received = chainer.backend.CpuDevice().send(gathered[r][-1])
-                all_intervals.update((k, int(round(float(v))))
-                                     for k, v in zip(keys, received) if v > 0)
+                everything.update((k, int(round(float(v))))
+                                  for k, v in zip(keys[r], received))
             if r == rank:
                 olds = [o for olds in self._old_params for o in olds]
             else:
@@ -359,4 +388,17 @@ class DistributedKFAC(KFAC):
                 new = old.astype(step.dtype, copy=False) + step
                 param.array[...] = new.astype(param.dtype, copy=False)
         self._old_params = None
-        return all_intervals
+        return everything
+
+    def refreshed_keys(self):
+        """Every statistic due at this step, on any rank: each was captured
+        and reduced (a missed one ended the step with an error)."""
+        if not self._distributed:
+            return super(DistributedKFAC, self).refreshed_keys()
+        return set(b.schedule_keys[n] for b in self.fisher_blocks
+                   for n in b.due)
+
+    def _schedule_keys(self, rank):
+        """The schedule keys of ``rank``'s blocks, in block order."""
+        return [b.schedule_keys[n] for b in self.blocks_of(rank)
+                for n in b.statistic_names]

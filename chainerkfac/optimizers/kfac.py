@@ -3,6 +3,7 @@ import logging
 import warnings
 
 import chainer
+import numpy
 from chainer import optimizer
 
 from chainerkfac.cuda import ops
@@ -73,30 +74,32 @@ class KFAC(optimizer.GradientMethod):
         loss_scale (float): static loss scale for fp16 training; removed from
             the gradients and from G and F.
         stale (bool): SP-NGD's stale statistics (the default): each
-            statistic gets its own refresh interval, adapted to how much it
-            changes (:class:`chainerkfac.stale.StaleSchedule`); statistics
+            statistic gets its own refresh interval, adapted to how far it
+            drifts (:class:`chainerkfac.stale.StaleSchedule`); statistics
             that are not due are neither computed nor communicated and
             their blocks reuse their inverses. ``False``: the fixed
             schedule below (``factor_interval=inverse_interval=1`` is the
             CVPR behaviour: everything every step).
-        stale_threshold, stale_max_interval, stale_warmup, stale_growth:
-            the stale rule's knobs (see :class:`~chainerkfac.stale.StaleSchedule`).
+        stale_threshold, stale_max_interval, stale_warmup, stale_growth,
+            stale_loss_ratio: the stale rule's knobs (see
+            :class:`~chainerkfac.stale.StaleSchedule`).
         factor_interval (int): with ``stale=False``, refresh every statistic
             every ``factor_interval`` steps.
         inverse_interval (int): with ``stale=False``, recompute inverses
             every ``inverse_interval`` steps.
 
     Each step reports (``chainer.report``) ``kfac/refresh_fraction``, the
-    fraction of statistics refreshed, and ``kfac/mean_interval``.
+    fraction of statistics refreshed, ``kfac/mean_interval`` and
+    ``kfac/early_refreshes`` (statistics called early by a loss spike).
     """
 
     def __init__(self, lr=0.01, momentum=0.9, damping=1e-3,
                  cov_ema_decay=0.99, stab_coeff=16.0, bn_fisher='full',
                  pi_type='tracenorm', acc_iters=1, adjust_momentum=False,
-                 loss_scale=None, stale=True, stale_threshold=0.1,
-                 stale_max_interval=20, stale_warmup=10,
-                 stale_growth='increment', factor_interval=1,
-                 inverse_interval=1):
+                 loss_scale=None, stale=True, stale_threshold=0.2,
+                 stale_max_interval=20, stale_warmup=5,
+                 stale_growth='proportional', stale_loss_ratio=1.5,
+                 factor_interval=1, inverse_interval=1):
         super(KFAC, self).__init__()
         _check(lr >= 0, 'lr must be >= 0, got {}'.format(lr))
         _check(0 <= momentum <= 1, 'momentum must be in [0, 1]')
@@ -118,7 +121,7 @@ class KFAC(optimizer.GradientMethod):
             if stale:
                 self.schedule = stale_module.StaleSchedule(
                     stale_threshold, stale_max_interval, stale_warmup,
-                    stale_growth)
+                    stale_growth, stale_loss_ratio)
             else:
                 self.schedule = stale_module.FixedSchedule(
                     factor_interval, inverse_interval)
@@ -142,6 +145,9 @@ class KFAC(optimizer.GradientMethod):
         self._micro_step = 0
         self._hook = None
         self._status = None
+        self._refreshed_keys = set()
+        self._early_refreshes = 0
+        self._loss = None
         #: a :class:`chainerkfac.profiling.StageTimer` to time the stages
         self.timer = None
 
@@ -171,6 +177,8 @@ class KFAC(optimizer.GradientMethod):
         covered = set(id(p) for b in blocks for p in b.params)
         self.plain_params = [p for _, p in sorted(link.namedparams())
                              if id(p) not in covered]
+        for block in blocks:
+            block.record_moments = self.schedule.uses_change
         self._hook = KFACStatisticsHook(blocks)
         self.schedule.register(
             key for b in blocks for key in b.schedule_keys.values())
@@ -210,6 +218,7 @@ class KFAC(optimizer.GradientMethod):
             if self._micro_step == 0:
                 self.target.cleargrads()
             loss.backward(loss_scale=self._loss_scale)
+        self._keep_loss(loss.array)
         del loss
         self._micro_step += 1
         if not last:
@@ -221,10 +230,28 @@ class KFAC(optimizer.GradientMethod):
                     param.grad /= self.acc_iters
         self.step()
 
+    def _keep_loss(self, array):
+        """Sums the micro-batches' losses (0-d, on the device) for the stale
+        rule's loss signal."""
+        if not self.schedule.uses_change:
+            return
+        array = array.astype(numpy.float32, copy=False)
+        self._loss = (array if self._micro_step == 0
+                      else self._loss + array)
+
+    def step_loss(self):
+        """This step's loss, the mean of its micro-batches' (0-d device
+        array, or None when the schedule does not use it)."""
+        if self._loss is None or self.acc_iters == 1:
+            return self._loss
+        return self._loss / self.acc_iters
+
     def _set_due_statistics(self):
         """Tells every block which statistics the coming step refreshes."""
         step = self.t + 1
+        self.schedule.begin_step(step, self.hyperparam.lr)
         for block in self.fisher_blocks:
+            block.capture_step = step
             block.due = set(n for n, key in block.schedule_keys.items()
                             if self.schedule.is_due(key, step))
 
@@ -251,15 +278,30 @@ class KFAC(optimizer.GradientMethod):
             status = self._step_status()
             changes = self.update_curvature(statistics, status)
             self.update_parameters(status)
-            intervals = self.settle(changes, status)
+            decisions = self.settle(changes, status)
             with timed(self.timer, 'communication'):
-                intervals = self.exchange_parameters(intervals)
-            for key, interval in intervals.items():
-                self.schedule.set_interval(key, self.t, interval)
+                decisions = self.exchange_parameters(decisions)
+            self._apply_schedule(decisions)
             self._report_schedule()
         self.reallocate_cleared_grads()
         self.call_hooks('post')
         self.update_loss_scale()
+
+    def refreshed_keys(self):
+        """Schedule keys of the statistics refreshed at this step."""
+        return self._refreshed_keys
+
+    def _apply_schedule(self, decisions):
+        """Records the schedule decisions of this step (every statistic's,
+        from its owner): a refreshed statistic's value is its next
+        interval; another's is 1 when it is called early, else 0."""
+        step = self.t
+        refreshed = self.refreshed_keys()
+        for key, value in decisions.items():
+            if key in refreshed:
+                self.schedule.refreshed(key, step, value)
+            elif value:
+                self.schedule.call_early(key, step)
 
     def _step_status(self):
         """This step's :class:`~chainerkfac.step_status.StepStatus`, zeroed
@@ -280,63 +322,72 @@ class KFAC(optimizer.GradientMethod):
         Single process: this step's own, in place.
 
         Returns:
-            list of ``(block, {statistic name: array})``.
+            list of ``(block, {statistic name: array}, {statistic name:
+            (mu2, examples)})``: the statistics, and the per-example moments
+            and example counts behind them (the sampling-noise estimate of
+            the stale rule, :func:`chainerkfac.stale.sampling_noise`).
         """
-        return [(b, b.take_statistics()) for b in self.fisher_blocks]
+        return [(b,) + b.take_statistics(with_moments=True)
+                for b in self.fisher_blocks]
 
-    def exchange_parameters(self, intervals):
-        """Stage 4: parameters updated elsewhere, and the new intervals of
-        the statistics refreshed elsewhere. Nothing to do in one process.
+    def exchange_parameters(self, decisions):
+        """Stage 4: parameters updated elsewhere, and the schedule decisions
+        of the statistics owned elsewhere. Nothing to do in one process.
 
         Args:
-            intervals (dict): schedule key -> new interval, for the
-                statistics this process refreshed.
+            decisions (dict): schedule key -> integer, for every statistic
+                of the blocks this process owns: for a statistic refreshed
+                this step its next interval, for another 1 when it is
+                called early, else 0.
 
         Returns:
-            dict: the new intervals of every refreshed statistic.
+            dict: the same for every statistic of the model.
         """
-        return intervals
+        return decisions
 
     def _report_schedule(self):
         keys = [k for b in self.fisher_blocks for k in b.schedule_keys.values()]
         if keys:
             refreshed = sum(1 for b in self.fisher_blocks for _ in b.due)
             chainer.report({'kfac/refresh_fraction': refreshed / len(keys),
-                            'kfac/mean_interval': self.schedule.summary()})
+                            'kfac/mean_interval': self.schedule.summary(),
+                            'kfac/early_refreshes': self._early_refreshes})
 
     def update_curvature(self, statistics, status):
-        """EMA of the new statistics, their change measures, and the damped
-        inverses the schedule asks for, all on the device.
+        """EMA of the new statistics, the stale rule's drift measures, and
+        the damped inverses the schedule asks for, all on the device.
 
         Args:
-            statistics: list of ``(block, {name: array})`` of the owned
-                blocks, in :attr:`owned_blocks` order; absent names were not
-                refreshed this step.
+            statistics: list of ``(block, {name: array}, {name: (mu2,
+                examples)})`` of the owned blocks, in :attr:`owned_blocks`
+                order; absent names were not refreshed this step.
             status (chainerkfac.step_status.StepStatus): inversion statuses.
 
         Returns:
-            dict: schedule key -> relative change of each refreshed statistic
-            (a 0-d device array, or a float when known without the device:
-            ``inf`` for a first refresh, 0 for a fixed schedule).
+            dict: schedule key -> squared relative drift of each refreshed
+            statistic (:func:`chainerkfac.stale.drift`; a 0-d device array,
+            or a float when known without the device: ``inf`` for a first
+            refresh, 0 for a fixed schedule).
         """
         hp, step = self.hyperparam, self.t
         changes = {}
-        for index, (block, stats) in enumerate(statistics):
+        self._refreshed_keys = set()
+        for index, (block, stats, moments) in enumerate(statistics):
             keys = block.schedule_keys
+            elapsed = {}
             for name, new in stats.items():
-                old = block.ema[name]
+                key = keys[name]
+                self._refreshed_keys.add(key)
+                elapsed[name] = self.schedule.elapsed(key, step)
                 if not self.schedule.uses_change:
-                    change = 0.0
-                elif old is None:
-                    change = float('inf')
-                else:
-                    with timed(self.timer, 'ema'):
-                        change = stale_module.relative_change(
-                            new, old, hp.cov_ema_decay)
-                changes[keys[name]] = change
+                    changes[key] = 0.0
+                    continue
+                with timed(self.timer, 'ema'):
+                    changes[key] = block.refresh_reference(
+                        name, new, moments.get(name, (None, 0)))
             if stats:
                 with timed(self.timer, 'ema'):
-                    block.update_ema(stats, hp.cov_ema_decay)
+                    block.update_ema(stats, hp.cov_ema_decay, elapsed)
             if any(block.ema[n] is None for n in block.statistic_names):
                 continue
             names = self.schedule.inverse_due(step, stats,
@@ -390,17 +441,21 @@ class KFAC(optimizer.GradientMethod):
     def settle(self, changes, status):
         """The step's one device-to-host transfer, and what the host does
         with it: failed inversions are redone with a raised damping and
-        warnings are issued (:meth:`FisherBlock.settle`), and the refreshed
-        statistics get their next intervals.
+        warnings are issued (:meth:`FisherBlock.settle`), the refreshed
+        statistics get their next intervals, and a loss spike calls every
+        statistic of the owned blocks early
+        (:meth:`~chainerkfac.stale.Schedule.observe_loss`).
 
         Returns:
-            dict: schedule key -> next interval, for the statistics this
-            process refreshed.
+            dict: the decisions of :meth:`exchange_parameters`, for every
+            statistic of the owned blocks.
         """
         on_device = [k for k, c in changes.items() if not isinstance(c, float)]
         checks = self.device_checks()
-        statuses, values, check_values = step_status.fetch(
-            status.array, [changes[k] for k in on_device], checks)
+        loss = self.step_loss()
+        statuses, values, losses, check_values = step_status.fetch(
+            status.array, [changes[k] for k in on_device],
+            [] if loss is None else [loss], checks)
         self.verify_device_checks(check_values)
         width = step_status.SLOTS_PER_BLOCK
         for index, block in enumerate(self.owned_blocks):
@@ -408,8 +463,21 @@ class KFAC(optimizer.GradientMethod):
             block.settle(statuses[start:start + width])
         changes = dict(changes)
         changes.update(zip(on_device, values))
-        return dict((key, self.schedule.new_interval(key, self.t, float(c)))
-                    for key, c in changes.items())
+        schedule, step = self.schedule, self.t
+        spike = bool(len(losses)) and schedule.observe_loss(losses[0])
+        decisions = {}
+        self._early_refreshes = 0
+        for block in self.owned_blocks:
+            for key in block.schedule_keys.values():
+                if key in changes:
+                    decisions[key] = (1 if spike else schedule.new_interval(
+                        key, step, float(changes[key])))
+                elif spike:
+                    decisions[key] = 1
+                    self._early_refreshes += 1
+                else:
+                    decisions[key] = 0
+        return decisions
 
     def device_checks(self):
         """0-d device arrays a subclass wants read with the step's fetch

@@ -19,11 +19,13 @@ def _size(shape):
 
 
 def planned_step_traffic(model, size, comm_dtype='float32',
-                         bn_fisher='full', assignment='balanced'):
+                         bn_fisher='full', assignment='balanced', stale=True):
     """Bytes each rank sends in one step, ours and the original scheme's.
 
     The plan is for a step that refreshes every statistic (the CVPR
     schedule, or the warm-up of the stale one); stale statistics send less.
+    ``stale``: the optimizer runs the stale rule (its loss travels with the
+    missed-statistics flag).
 
     Returns:
         dict of lists with one entry per rank: ``'ours'`` (bytes sent in
@@ -31,8 +33,8 @@ def planned_step_traffic(model, size, comm_dtype='float32',
         ``'original'``; ``'stage2_counts'``/``'stage4_counts'``: values per
         rank in the ReduceScatterV and AllGatherV buffers (parameters only);
         ``'stage2_sent'``/``'stage4_sent'``: values per rank as sent (stage
-        2: with the missed-statistics flag; stage 4: with the refresh
-        intervals and the fp16 heads).
+        2: with the statistics' moments and the missed-statistics flag; stage
+        4: with the schedule decisions and the fp16 heads).
 
     The original code all-reduced one fp32 buffer of every gradient and
     packed factor (stage 2) and one of every parameter of the blocks
@@ -59,18 +61,22 @@ def planned_step_traffic(model, size, comm_dtype='float32',
             stage2[owner] += packed_size(shape, sym)
         n_arrays[owner] += len(block.params)
         n_stats[owner] += len(block.statistic_names)
-    stage2_arrays = sum(len(b.params) + len(b.statistic_names)
+    # every statistic is followed by its per-example moment (one value in
+    # an array of its own: the stale rule's sampling-noise estimate)
+    stage2_arrays = sum(len(b.params) + 2 * len(b.statistic_names)
                         for b in blocks)
     covered = set(id(p) for b in blocks for p in b.params)
     extra = sum(p.size for p in model.params() if id(p) not in covered)
     extra += sum(2 * lk.avg_mean.size for lk in model.links()
                  if isinstance(lk, L.BatchNormalization))
-    # stage 4 also carries the owners' new refresh intervals (one value per
-    # refreshed statistic, in one more array)
+    # stage 4 also carries the owners' schedule decisions (steps until due,
+    # one value per statistic of its blocks, in one more array)
     stage4_sent = [c + k for c, k in zip(stage4, n_stats)]
-    # stage 2 also carries, in every rank's segment, one value: the flag of
-    # due statistics some rank did not capture (one more array per segment)
-    stage2_sent = [c + 1 for c in stage2]
+    # stage 2 also carries the statistics' moments, and, in every rank's
+    # segment, the flag of due statistics some rank did not capture and,
+    # with the stale rule, the loss (one more array per segment)
+    tail = 2 if stale else 1
+    stage2_sent = [c + k + tail for c, k in zip(stage2, n_stats)]
     stage2_arrays += size
     if fp16:
         stage4_sent = [c + n + (1 if k else 0) for c, n, k in

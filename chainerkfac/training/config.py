@@ -143,15 +143,22 @@ SCHEMA = collections.OrderedDict([
                   'every step, as the original code ran (the CVPR paper '
                   'describes refreshing the factors less often after the '
                   'first iterations: secondary source, not in its code)')),
-    ('stale_threshold', Key(0.1, _number(0), 'stale rule: grow an interval '
-                            'while the EMA moves by at most this relative '
-                            'Frobenius change')),
+    ('stale_threshold', Key(0.2, _number(0, lo_open=True),
+                            'stale rule: the drift of a statistic (relative '
+                            'Frobenius change of its expectation, sampling '
+                            'noise removed) each interval aims at')),
     ('stale_max_interval', Key(20, _int(1), 'stale rule: longest interval '
                                '(steps)')),
-    ('stale_warmup', Key(10, _int(0), 'stale rule: steps that refresh '
+    ('stale_warmup', Key(5, _int(0), 'stale rule: steps that refresh '
                          'everything')),
-    ('stale_growth', Key('increment', _choice('increment', 'double'),
-                         "stale rule: interval k -> k + 1 or 2k")),
+    ('stale_growth', Key('proportional',
+                         _choice('proportional', 'increment', 'double'),
+                         'stale rule: interval k -> k * threshold / drift '
+                         '(at most 2k), k + 1 or 2k')),
+    ('stale_loss_ratio', Key(1.5, _number(1, lo_open=True, none=True),
+                             'stale rule: a loss above this times its recent '
+                             'average refreshes everything at the next step '
+                             '(null: never)')),
     ('weight_decay', Key(0.0, _number(0),
                          'L2 coefficient added to the gradient before '
                          'preconditioning (the original: none)')),

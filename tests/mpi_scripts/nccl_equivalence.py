@@ -27,8 +27,8 @@ from chainerkfac.optimizers.distributed_kfac import named_persistents
 from equivalence import ConvNet
 
 STEPS = 40
-KWARGS = dict(lr=0.05, momentum=0.9, damping=1e-2, cov_ema_decay=0.3,
-              stale_warmup=2, stale_threshold=0.3, bn_fisher='unit')
+KWARGS = dict(lr=0.02, momentum=0.9, damping=1e-2, cov_ema_decay=0.3,
+              stale_warmup=2, stale_threshold=1.0, bn_fisher='unit')
 # (mapping, comm_dtype, communicate_after_forward)
 CONFIGS = [('grouped', 'float32', True), ('padded', 'float32', False),
            ('grouped', 'float16', False), ('padded', 'float16', True)]

@@ -1,4 +1,6 @@
-"""Stale schedules are identical on every rank and equal single-process KFAC."""
+"""Stale schedules are identical on every rank and equal single-process KFAC,
+also through a loss spike (the loss, averaged over ranks in stage 2, calls
+every statistic early on its owner; stage 4 tells every rank)."""
 import numpy
 
 import chainerkfac
@@ -6,8 +8,9 @@ from chainerkfac.optimizers import KFAC
 from equivalence import ConvNet
 
 STEPS = 12
-KWARGS = dict(lr=0.1, damping=1e-2, cov_ema_decay=0.3, stale_warmup=2,
-              stale_threshold=0.3, bn_fisher='unit')
+SPIKE = 100.0   # the loss of the last step, times this
+KWARGS = dict(lr=0.02, damping=1e-2, cov_ema_decay=0.3, stale_warmup=2,
+              stale_threshold=1.0, bn_fisher='unit')
 
 
 def main():
@@ -22,9 +25,20 @@ def main():
     model = ConvNet(use_bn=False)
     opt = chainerkfac.DistributedKFAC(comm, **KWARGS)
     opt.setup(model)
-    for x, t in data:
-        opt.update(model, x[rank * local:(rank + 1) * local],
+    scale = [1.0]
+
+    def scaled(model):
+        return lambda x, t: scale[0] * model(x, t)
+    for step, (x, t) in enumerate(data, 1):
+        scale[0] = SPIKE if step == STEPS else 1.0
+        opt.update(scaled(model), x[rank * local:(rank + 1) * local],
                    t[rank * local:(rank + 1) * local])
+        if step == STEPS - 1:
+            stale_before = [k for k in opt.schedule.interval
+                            if opt.schedule.next_due[k] > STEPS + 1]
+    assert stale_before, 'nothing was stale before the spike'
+    assert all(opt.schedule.next_due[k] == STEPS + 1
+               for k in opt.schedule.next_due), opt.schedule.next_due
     mine = (dict(opt.schedule.next_due), dict(opt.schedule.interval))
     for other in comm.mpi_comm.allgather(mine):
         assert other == mine, (other, mine)
@@ -34,8 +48,9 @@ def main():
     ref = ConvNet(use_bn=False)
     ref_opt = KFAC(**KWARGS)
     ref_opt.setup(ref)
-    for x, t in data:
-        ref_opt.update(ref, x, t)
+    for step, (x, t) in enumerate(data, 1):
+        scale[0] = SPIKE if step == STEPS else 1.0
+        ref_opt.update(scaled(ref), x, t)
     assert ref_opt.schedule.next_due == mine[0], (ref_opt.schedule.next_due,
                                                   mine[0])
     for (k, p), (_, q) in zip(sorted(ref.namedparams()),
