@@ -420,6 +420,11 @@ def test_interface_checks_arguments():
     with pytest.raises(ValueError, match='1-D contiguous'):
         check('bcast', 2, 0, buffer=f32.reshape(2, 3), root=0)
     check('reduce', 2, 1, send=f32, recv=None, op='sum', root=0)
+    with pytest.raises(ValueError, match=r'reduce needs a recv buffer on its '
+                                         r'root \(rank 1\)'):
+        check('reduce', 2, 1, send=f32, recv=None, op='sum', root=1)
+    with pytest.raises(ValueError, match='all_reduce needs a recv buffer$'):
+        check('all_reduce', 2, 0, send=f32, recv=None, op='sum')
 
 
 # --------------------------------------------------------------------------
