@@ -84,6 +84,12 @@ def test_gpu_equivalence_script_on_cpu():
     assert result.stdout.count('batch_norm max-error') == 2, result.stdout
 
 
+def test_pinned_staging_script_on_cpu():
+    result = run_mpi(2, 'pinned_staging.py', '--cpu', timeout=120)
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.count('OK rank') == 2, result.stdout
+
+
 def test_gpu_step_time_cpu_smoke():
     result = run('benchmarks/gpu_step_time.py', '--cpu-smoke')
     assert result.returncode == 0, result.stdout
@@ -230,6 +236,17 @@ def test_gpu_equivalence_two_ranks_one_gpu():
     result = run_mpi(2, 'gpu_equivalence.py', timeout=300)
     assert result.returncode == 0, result.stdout
     assert result.stdout.count('OK rank') == 2, result.stdout
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_pinned_staging_two_ranks_one_gpu():
+    """Pinned staging's event waits: back-to-back collectives where nothing
+    else orders a pinned-buffer write after the previous copy out of it."""
+    result = run_mpi(2, 'pinned_staging.py', timeout=180)
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.count('OK rank') == 2, result.stdout
+    assert 'pinned' in result.stdout, result.stdout
 
 
 @pytest.mark.gpu

@@ -191,8 +191,23 @@ def test_mpi_stages_cupy_through_pinned_memory(cp):  # pragma: no cover
         attributes = cp.cuda.runtime.pointerGetAttributes(buf.ctypes.data)
         assert attributes.type == 1       # cudaMemoryTypeHost: pinned
     before = dict(comm._buffers)
+    assert len(comm.pending_copies) == 1     # the last unpack's copy
+    waits = comm.pending_copies.waits
     comm.reduce_scatter_v(device, 'float32')
     assert all(comm._buffers[k] is v for k, v in before.items())
+    assert comm.pending_copies.waits == waits + 1
+    # all_gather_v and allreduce_mean, a host array packed in place first
+    own = [numpy.arange(3, dtype=numpy.float32)] + [a for a, _ in device[0]]
+    for _ in range(2):
+        got = comm.all_gather_v([own], 'float32')[0]
+        assert isinstance(got[0], numpy.ndarray)
+        numpy.testing.assert_array_equal(got[0], own[0])
+        for g, (w, _) in zip(got[1:], host):
+            numpy.testing.assert_array_equal(cp.asnumpy(g), w)
+        got = comm.allreduce_mean(own)
+        for g, w in zip(got, [own[0]] + [w for w, _ in host]):
+            numpy.testing.assert_array_equal(cp.asnumpy(g), w)
+    assert comm.pending_copies.waits == waits + 5
 
 
 @pytest.mark.gpu

@@ -2,6 +2,7 @@
 interface (through a recording fake of it), the MPI emulation's stream
 semantics, and the clear errors of create_communicator('pure_nccl')."""
 import contextlib
+import functools
 import re
 import sys
 import types
@@ -619,3 +620,66 @@ def test_cuda_aware_mpi_keeps_host_arrays_on_the_host(rng):
     a = rng.randn(3).astype(numpy.float32)
     numpy.testing.assert_array_equal(comm.allreduce_mean([a])[0], a)
     assert all(key[2] == 'host' for key in comm._buffers)
+
+
+class RecordingStream(object):
+    """A stream that logs ``record`` and its events' ``synchronize``."""
+
+    def __init__(self, name, log, ptr=None):
+        self.name, self.log = name, log
+        self.recorded = 0
+        if ptr is not None:
+            self.ptr = ptr
+
+    def record(self):
+        self.recorded += 1
+        self.log.append(('record', self.name, self.recorded))
+        return types.SimpleNamespace(synchronize=functools.partial(
+            self.log.append, ('synchronize', self.name, self.recorded)))
+
+
+def test_pending_copies_wait_for_the_latest_event_of_each_stream():
+    log = []
+    a, b = RecordingStream('a', log, ptr=1), RecordingStream('b', log, ptr=2)
+    copies = mpi_communicator.PendingCopies()
+    copies.wait()                              # nothing pending: no wait
+    assert log == [] and copies.waits == 0
+    copies.started(a)
+    copies.started(b)
+    copies.started(a)                          # a's second event covers both
+    assert len(copies) == 2
+    copies.wait()
+    assert log[3:] == [('synchronize', 'a', 2), ('synchronize', 'b', 1)]
+    assert copies.waits == 2 and len(copies) == 0
+    copies.wait()
+    assert len(log) == 5 and copies.waits == 2
+    # streams without a pointer (the emulation's) are told apart by identity
+    from chainerkfac.communicators.nccl_emulation import HostStream
+    copies.started(HostStream('x'))
+    copies.started(HostStream('y'))
+    assert len(copies) == 2
+    copies.wait()
+    assert copies.waits == 4
+
+
+def test_a_pinned_buffer_is_handed_out_once_pending_copies_passed(
+        monkeypatch):
+    """Each collective takes its buffers before it packs into them or MPI
+    writes them: a pinned one only after the copies out of pinned memory
+    queued by earlier collectives (asynchronous ``ndarray.set``) are done.
+    The device is stood in for: a device run of arrays, pinned memory."""
+    from mpi4py import MPI
+    comm = mpi_communicator.MpiCommunicator(MPI.COMM_WORLD, cuda_aware=False)
+    log = []
+    comm.pending_copies.started(RecordingStream('s', log, ptr=7))
+    x = numpy.zeros(3, numpy.float32)
+    comm._staged_buffer('ag_recv', 3, numpy.float32, [x], False)
+    assert len(comm.pending_copies) == 1      # host buffers: nothing waits
+    monkeypatch.setattr(mpi_communicator, '_device_of', lambda arrays: 0)
+    monkeypatch.setattr(comm, '_allocate', lambda size, dtype, kind: (
+        log.append(('allocate', kind)) or numpy.empty(size, dtype)))
+    buf = comm._staged_buffer('ag_recv', 3, numpy.float32, [x], False)
+    assert buf.shape == (3,)
+    assert log == [('record', 's', 1), ('synchronize', 's', 1),
+                   ('allocate', 'pinned')]
+    assert comm.pending_copies.waits == 1 and len(comm.pending_copies) == 0
