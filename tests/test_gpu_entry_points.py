@@ -16,6 +16,7 @@ import types
 
 import pytest
 
+from cuda_helpers import stand_in_libraries  # NOQA: I100
 from mpi_helpers import run_command  # NOQA: I100
 
 # chainerkfac before chainer: it makes Chainer 7.8.1 import on NumPy 2
@@ -67,6 +68,39 @@ def test_gpu_run_without_a_gpu_is_one_line(script, args):
     line = assert_one_line_error(run(script, *args, hide_gpus=True),
                                  os.path.basename(script))
     assert '--cpu-smoke' in line or '--gpu' in line
+
+
+#: a GPU entry point run as though the driver saw one device: CuPy itself
+#: and every library it loads are real, only the device query is stood in
+AS_IF_ONE_DEVICE = """
+import runpy, sys
+import chainerkfac
+import cupy
+cupy.is_available = lambda: True
+cupy.cuda.runtime.getDeviceCount = lambda: 1
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name='__main__')
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec('cupy') is None,
+                    reason='needs CuPy installed (the NumPy-2 leg)')
+def test_a_missing_cuda_library_stops_before_training():
+    """CuPy installed, no driver: with the device query answered, --gpu
+    stops with one line naming the first CUDA library CuPy cannot load (the
+    NumPy-2 leg has no cuSOLVER), before any training step."""
+    import cupy
+
+    from chainerkfac.cuda import availability
+    missing = availability.library_problem(cupy_version=cupy.__version__)
+    if missing is None:  # pragma: no cover - a complete GPU stack
+        pytest.skip('every CUDA library loads here')
+    result = run_command(
+        [sys.executable, '-c', AS_IF_ONE_DEVICE,
+         os.path.join(ROOT, 'benchmarks', 'gpu_step_time.py')], 120)
+    line = assert_one_line_error(result, 'gpu_step_time.py')
+    assert line.endswith('no usable GPU: ' + missing), line
+    assert 'K-FAC every step' not in result.stdout, result.stdout
 
 
 def test_gpu_equivalence_without_a_gpu_is_one_line(monkeypatch):
@@ -157,6 +191,12 @@ def test_gpu_problem_names_what_is_missing(monkeypatch):
     monkeypatch.setitem(sys.modules, 'cupy', fake_cupy(count=1))
     assert device_module.gpu_problem(2) == (
         '2 processes on this node need one GPU each, but CuPy 99.0 sees 1')
+    stand_in_libraries(monkeypatch, broken=('cusolver',))
+    assert device_module.gpu_problem(1) == (
+        "CuPy 99.0 cannot load cuSOLVER (needed for K-FAC's Cholesky "
+        'inverses): ImportError: libcusolver.so.99: cannot open shared object '
+        'file: No such file or directory')
+    stand_in_libraries(monkeypatch)
     monkeypatch.setattr(chainer.backends.cuda, 'available', False)
     assert device_module.gpu_problem(1).startswith(
         'Chainer {} cannot use CuPy 99.0'.format(chainer.__version__))

@@ -22,6 +22,7 @@ from chainerkfac.communicators.base import ring_allreduce
 from chainerkfac.communicators.base import ring_reduce_scatter
 from chainerkfac.communicators.nccl_emulation import MpiNcclEmulation
 from chainerkfac.communicators.nccl_mapping import SegmentLayout
+from cuda_helpers import stand_in_libraries  # NOQA: I100
 
 
 # --------------------------------------------------------------------------
@@ -516,8 +517,8 @@ def stand_in_cupy(nccl_available=True, device=True, count=1,
     ({'cupy': None}, re.escape("create_communicator('pure_nccl'): CuPy is "
                                "not installed (ModuleNotFoundError")),
     (stand_in_cupy(nccl_available=False),
-     r'CuPy 99.0 has no NCCL \(cupy.cuda.nccl.available is False: install '
-     'the nvidia-nccl-cu12 or -cu13 wheel'),
+     r"CuPy 99.0 cannot load NCCL \(needed for the 'pure_nccl' "
+     r"communicator\): .*; install the nvidia-nccl-cu12 or -cu13 wheel"),
     (stand_in_cupy(device=False),
      'CuPy 99.0 finds no usable CUDA device'),
 ])
@@ -528,6 +529,19 @@ def test_pure_nccl_says_what_is_missing(monkeypatch, modules, message):
         chainerkfac.create_communicator('pure_nccl')
     assert '\n' not in str(info.value)
     assert str(info.value).startswith('chainerkfac: ')
+
+
+def test_pure_nccl_checks_the_libraries_training_calls(monkeypatch):
+    for name, module in stand_in_cupy().items():
+        monkeypatch.setitem(sys.modules, name, module)
+    stand_in_libraries(monkeypatch, broken=('nvrtc',))
+    with pytest.raises(CommunicatorUnavailable, match=re.escape(
+            "chainerkfac: create_communicator('pure_nccl'): CuPy 99.0 cannot "
+            "load NVRTC (needed for chainerkfac's CUDA kernels): ImportError: "
+            'libnvrtc.so.99')):
+        chainerkfac.create_communicator('pure_nccl')
+    stand_in_libraries(monkeypatch)
+    assert nccl_backend.nccl_problem() is None
 
 
 def test_pure_nccl_problem_here_is_one_line():

@@ -398,6 +398,48 @@ def cuda_include_dirs(with_cupy=True):
     return dirs
 
 
+def nvrtc_options():
+    """The options of the GPU build: :data:`NVRTC_OPTIONS` and ``-I`` for
+    each of :func:`cuda_include_dirs`.
+
+    Raises:
+        CudaIncludeError: no ``cuda_fp16.h``.
+    """
+    return NVRTC_OPTIONS + tuple(
+        '-I' + d for d in cuda_include_dirs(with_cupy=True))
+
+
+#: What every kernel here needs of NVRTC: ``cuda_fp16.h`` and ``__half``.
+PROBE_SOURCE = ('#include <cuda_fp16.h>\n'
+                'extern "C" __global__ void chainerkfac_probe(__half* x) '
+                '{ x[0] = __float2half(1.0f); }\n')
+
+
+def check_nvrtc(nvrtc):
+    """Compiles :data:`PROBE_SOURCE` with the GPU build's options through
+    ``nvrtc`` (CuPy's ``cupy_backends.cuda.libs.nvrtc``), as the first
+    kernel launch will; needs no device (about 0.1 s).
+
+    Raises:
+        CudaIncludeError: no ``cuda_fp16.h``.
+        RuntimeError: NVRTC failed; the message has the first line of its
+            log.
+    """
+    options = list(nvrtc_options())
+    program = nvrtc.createProgram(PROBE_SOURCE, 'chainerkfac_probe.cu', [],
+                                  [])
+    try:
+        try:
+            nvrtc.compileProgram(program, options)
+        except Exception as e:
+            log = (nvrtc.getProgramLog(program) or str(e)).strip()
+            raise RuntimeError('NVRTC cannot compile a kernel with {}: {}'
+                               .format(' '.join(options),
+                                       (log.splitlines() or [''])[0]))
+    finally:
+        nvrtc.destroyProgram(program)
+
+
 # --------------------------------------------------------------------------
 # Emulated build
 
@@ -731,10 +773,8 @@ class Module(object):
             key = (device, name)
             if key not in self._gpu_modules:
                 if device not in self._gpu_modules:
-                    options = NVRTC_OPTIONS + tuple(
-                        '-I' + d for d in cuda_include_dirs(with_cupy=True))
                     self._gpu_modules[device] = cupy.RawModule(
-                        code=self.source, options=options)
+                        code=self.source, options=nvrtc_options())
                 self._gpu_modules[key] = (
                     self._gpu_modules[device].get_function(name))
             return self._gpu_modules[key]
