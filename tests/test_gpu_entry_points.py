@@ -174,6 +174,63 @@ def test_gpu_check_reports_every_step_and_goes_on(tmp_path):
     assert bad.returncode == 2 and 'unknown step' in bad.stdout
 
 
+GPU_CHECK_TESTS = """
+import pytest
+
+
+@pytest.mark.gpu
+def test_runs():
+    pass
+
+
+@pytest.mark.gpu
+def test_skips_naming_cupy():
+    pytest.skip('NCCL adapter: CuPy 14.2.0 has no NCCL (cupy.cuda.nccl.'
+                'available is False)')
+"""
+
+
+def gpu_check_tests_step(tmp_path, paths):
+    work = tmp_path / 'work'
+    work.mkdir(exist_ok=True)
+    env = dict(os.environ, GPU_CHECK_WORK=str(work),
+               GPU_CHECK_PYTHON=sys.executable, GPU_CHECK_TEST_PATHS=paths)
+    return subprocess.run(
+        ['bash', os.path.join(ROOT, 'scripts', 'gpu_check.sh'), '__step',
+         'tests'], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        universal_newlines=True, timeout=120)
+
+
+def test_gpu_check_counts_a_skip_as_a_skip(tmp_path):
+    """The tests step's verdict is pytest's: a skip whose reason names CuPy
+    (an image without NCCL) passes, a failing test fails. (The files are
+    outside tests/, so no GPU is needed to collect them.)"""
+    (tmp_path / 'test_skips.py').write_text(GPU_CHECK_TESTS)
+    result = gpu_check_tests_step(tmp_path, str(tmp_path / 'test_skips.py'))
+    assert result.returncode == 0, result.stdout
+    assert 'SKIPPED' in result.stdout and 'has no NCCL' in result.stdout
+    assert '1 passed, 1 skipped' in result.stdout, result.stdout
+    (tmp_path / 'test_fails.py').write_text(
+        GPU_CHECK_TESTS + '\n\n@pytest.mark.gpu\ndef test_fails():\n'
+        '    assert False\n')
+    result = gpu_check_tests_step(tmp_path, str(tmp_path / 'test_fails.py'))
+    assert result.returncode == 1, result.stdout
+
+
+@pytest.mark.skipif(GPU_PROBLEM is None, reason='a GPU is usable here')
+def test_gpu_check_fails_without_a_usable_gpu(tmp_path):
+    """Without a usable GPU the tests step does not pass by skipping every
+    gpu test: tests/conftest.py ends the run with one line (exit status 4,
+    a usage error) under CHAINERKFAC_REQUIRE_GPU=1."""
+    result = gpu_check_tests_step(
+        tmp_path, os.path.join(ROOT, 'tests', 'test_cholesky.py'))
+    assert result.returncode == 4, result.stdout
+    lines = [line for line in result.stdout.splitlines()
+             if 'CHAINERKFAC_REQUIRE_GPU=1' in line]
+    assert len(lines) == 1, result.stdout
+    assert 'gpu tests cannot run: no C' in lines[0], lines
+
+
 # ------------------------------------- chainerkfac.training.device (no GPU)
 
 def fake_cupy(available=True, count=1, version='99.0'):
