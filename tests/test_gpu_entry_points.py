@@ -63,6 +63,8 @@ def assert_one_line_error(result, prog):
     ('benchmarks/stale_accuracy.py', ['--gpu']),
     ('benchmarks/gpu_step_time.py', []),
     ('benchmarks/pack_bandwidth.py', []),
+    ('benchmarks/comm_volume.py', ['--time', 'mpi', '--gpu', '--model',
+                                   'resnet20', '--repeat', 1]),
 ])
 def test_gpu_run_without_a_gpu_is_one_line(script, args):
     line = assert_one_line_error(run(script, *args, hide_gpus=True),
@@ -389,6 +391,24 @@ def test_gpu_step_time_small_on_the_gpu():
                  '--every', 2, '--warmup_steps', 1)
     assert result.returncode == 0, result.stdout
     assert 'K-FAC stale, all steps' in result.stdout
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize('communicator', ['mpi', 'pure_nccl'])
+def test_comm_volume_times_collectives_on_the_gpu(communicator):
+    """benchmarks/comm_volume.py --time COMM --gpu (what gpu_check's
+    comm_time step runs with ResNet-50), small: one process, ResNet-20."""
+    if communicator == 'pure_nccl':
+        from chainerkfac.communicators import nccl_backend
+        problem = nccl_backend.nccl_problem()
+        if problem is not None:
+            pytest.skip("'pure_nccl': " + problem)
+    result = run('benchmarks/comm_volume.py', '--time', communicator,
+                 '--gpu', '--model', 'resnet20', '--repeat', 2)
+    assert result.returncode == 0, result.stdout
+    assert 'GPU 0: ' in result.stdout, result.stdout
+    assert 'step communication: fp32' in result.stdout, result.stdout
 
 
 @pytest.mark.gpu

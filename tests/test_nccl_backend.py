@@ -120,7 +120,9 @@ def test_abort_ends_the_communicator_and_a_new_one_works(
     without waiting for other ranks, and the GPU takes a new communicator
     afterwards."""
     first = nccl_adapter()
+    assert first._comm.comm != 0
     first.abort()
+    assert first._comm.comm == 0          # ncclCommAbort ran; no destroy left
     second = nccl_adapter()
     x = second.asarray(numpy.arange(4, dtype=numpy.float32))
     stream = second.current_stream()
@@ -226,3 +228,64 @@ def test_cuda_aware_mpi_takes_device_buffers(cp):  # pragma: no cover
         numpy.testing.assert_array_equal(cp.asnumpy(g), w)
     assert any(key[2] == ('device', 0) and key[0] == 'rs_send'
                for key in comm._buffers)
+
+
+@pytest.fixture
+def managed_memory(cp):  # pragma: no cover - needs a GPU
+    """CuPy allocates managed memory for the test: pointers the host can
+    read and write too, which lets a non-CUDA-aware MPI (the MPICH wheel)
+    serve the CUDA-aware code path on one rank."""
+    previous = cp.cuda.get_allocator()
+    pool = cp.cuda.MemoryPool(cp.cuda.malloc_managed)
+    cp.cuda.set_allocator(pool.malloc)
+    try:
+        yield pool
+    finally:
+        cp.cuda.Device().synchronize()
+        cp.cuda.set_allocator(previous)
+        pool.free_all_blocks()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize('comm_dtype', ['float32', 'float16'])
+def test_cuda_aware_paths_on_managed_memory(
+        cp, managed_memory, comm_dtype):  # pragma: no cover - needs a GPU
+    """The 'device' staging mode (what a CUDA-aware MPI gets) on one rank,
+    whatever this MPI is: device buffers handed to MPI, packing synchronised
+    before MPI reads them, _unpack_device with host arrays among the
+    results, fp16 heads written and read on the device (all_gather_v),
+    fp16 sums staged through pinned memory, against the host-staged
+    communicator."""
+    from mpi4py import MPI
+
+    from chainerkfac.communicators import MpiCommunicator
+    comm = MpiCommunicator(MPI.COMM_WORLD, cuda_aware=True)
+    reference = MpiCommunicator(MPI.COMM_WORLD, cuda_aware=False)
+    rng = numpy.random.RandomState(4)
+    device, host = per_rank(cp, rng)
+    rtol = 0 if comm_dtype == 'float32' else 2e-3
+
+    def same(got, want, where):
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            assert type(g) is type(w), where     # host stays host
+            numpy.testing.assert_allclose(cp.asnumpy(g), cp.asnumpy(w),
+                                          rtol=rtol, atol=rtol * float(
+                                              abs(cp.asnumpy(w)).max()),
+                                          err_msg=where)
+    for _ in range(2):                            # kept buffers, reused
+        same(comm.reduce_scatter_v(device, comm_dtype),
+             reference.reduce_scatter_v(device, comm_dtype), 'rs')
+        own = [numpy.arange(3, dtype=numpy.float32)] + [
+            a for a, _ in device[0]]
+        got = comm.all_gather_v([own], comm_dtype)[0]
+        assert isinstance(got[0], numpy.ndarray)
+        same(got, reference.all_gather_v([own], comm_dtype)[0], 'ag')
+        same(comm.allreduce_mean(own, comm_dtype),
+             reference.allreduce_mean(own, comm_dtype), 'allreduce')
+    kinds = {key[0]: key[2] for key in comm._buffers}
+    assert kinds['ag_send'] == ('device', cp.cuda.Device().id), kinds
+    if comm_dtype == 'float32':
+        assert kinds['rs_send'] == ('device', cp.cuda.Device().id), kinds
+    else:                                   # fp16 sums: the op is Python's
+        assert kinds['rs_send'] == 'pinned', kinds
