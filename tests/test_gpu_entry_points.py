@@ -176,6 +176,61 @@ def test_gpu_check_reports_every_step_and_goes_on(tmp_path):
     assert bad.returncode == 2 and 'unknown step' in bad.stdout
 
 
+def test_gpu_check_cudnn_stack_needs_its_wheels(tmp_path):
+    """GPU_CHECK_STACK=cudnn (the CuPy 13.6 stack) without the folder that
+    prepare_gpu_machine.sh --cudnn fills: setup fails saying so, before any
+    venv is made; the results name the stack."""
+    out, results = tmp_path / 'out', tmp_path / 'results'
+    out.mkdir()
+    (tmp_path / 'wheels').mkdir()
+    env = dict(os.environ, GPU_CHECK_WHEELS=str(tmp_path / 'wheels'),
+               GPU_CHECK_RESULTS=str(results), OUT=str(out),
+               GPU_CHECK_PYTHON=sys.executable, GPU_CHECK_STACK='cudnn')
+    script = os.path.join(ROOT, 'scripts', 'gpu_check.sh')
+    result = subprocess.run(['bash', script, 'tests'], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            universal_newlines=True, timeout=60)
+    assert result.returncode == 1, result.stdout
+    (md,) = results.glob('gpu_check_*_cudnn.md')
+    text = md.read_text()
+    assert '| setup | FAIL (exit 1) |' in text, text
+    assert '| tests | NOT RUN (setup failed) |' in text, text
+    assert '- stack: cudnn (requirements-gpu-cudnn.txt: CuPy 13.6' in text
+    assert ('no wheel folder {}_cudnn for the cudnn stack: run scripts/'
+            'prepare_gpu_machine.sh --cudnn'.format(tmp_path / 'wheels')
+            in text), text
+    assert 'making ' not in text           # no venv was begun
+    env['GPU_CHECK_STACK'] = 'cuda11'
+    bad = subprocess.run(['bash', script, 'device'], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         universal_newlines=True, timeout=60)
+    assert bad.returncode == 2 and "unknown GPU_CHECK_STACK 'cuda11'" in \
+        bad.stdout
+
+
+def test_prepare_gpu_machine_lists_the_cudnn_stack():
+    """What prepare_gpu_machine.sh --cudnn downloads (no network here):
+    requirements-gpu-cudnn.txt with the files it includes, without Chainer's
+    sdist pin (its wheel is prepared apart), with Chainer's own needs."""
+    script = os.path.join(ROOT, 'scripts', 'prepare_gpu_machine.sh')
+    result = subprocess.run(['bash', script, '--print-requirements'],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            universal_newlines=True, timeout=60)
+    assert result.returncode == 0, result.stdout
+    lines = result.stdout.split()
+    for pin in ('cupy-cuda12x==13.6.0', 'numpy==1.26.4',
+                'nvidia-cudnn-cu12==8.9.7.29', 'nvidia-cusolver-cu12==11.6.1.9',
+                'nvidia-nccl-cu12==2.32.3', 'mpi4py==4.1.1', 'pytest==8.3.3',
+                'setuptools<70', 'protobuf>=3.0.0'):
+        assert pin in lines, result.stdout
+    assert not [line for line in lines if line.startswith('chainer')]
+    assert len(lines) == len(set(lines))
+    bad = subprocess.run(['bash', script, '--cuda11'], stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, universal_newlines=True,
+                         timeout=60)
+    assert bad.returncode == 2 and 'unknown option --cuda11' in bad.stdout
+
+
 GPU_CHECK_TESTS = """
 import pytest
 
