@@ -34,9 +34,10 @@
 #           --cudnn` puts into .gpu_wheels_cudnn (GPU_CHECK_CUDNN_WHEELS), no
 #           network, and every later step runs on that venv's Python with its
 #           NVIDIA libraries on LD_LIBRARY_PATH (CuPy 13 finds them only
-#           there). Those wheels are about 2 GB: more than the run tool
-#           carries (64 MiB a call), so this stack runs where the folder can
-#           be copied to the GPU machine; the prepare script says so. One
+#           there). Those wheels are over 1 GB (cuDNN 8.9's alone is about
+#           700 MB): more than the run tool carries (64 MiB a call), so this
+#           stack runs where the folder can be copied to the GPU machine;
+#           the prepare script says so. One
 #           run takes about as long as the image's, so name fewer steps, e.g.
 #             GPU_CHECK_STACK=cudnn bash scripts/gpu_check.sh tests step_time
 # Env: GPU_CHECK_WHEELS (.gpu_wheels), GPU_CHECK_PYTHON (python3),

@@ -17,11 +17,12 @@
 # requirements and setuptools<70; Chainer itself is DEST's wheel), for CPython
 # 3.12 on manylinux x86-64, with their dependencies: what
 #   GPU_CHECK_STACK=cudnn bash scripts/gpu_check.sh [STEP ...]
-# installs into a venv there. That folder is about 2 GB (cuDNN, cuBLAS, ...),
-# more than the run tool carries (64 MiB a call): copy it to a GPU machine that
-# can receive it (to .gpu_wheels_cudnn, or point GPU_CHECK_CUDNN_WHEELS at it);
-# the script ends by saying its size. (A folder beside DEST, not in it: DEST
-# still travels through carry for the image's stack.) --print-requirements prints that
+# installs into a venv there. That folder is over 1 GB (the cuDNN 8.9 wheel
+# alone is about 700 MB), more than the run tool carries (64 MiB a call): copy
+# it to a GPU machine that can receive it (to .gpu_wheels_cudnn, or point
+# GPU_CHECK_CUDNN_WHEELS at it); the script ends by saying its size. (A folder
+# beside DEST, not in it: DEST still travels through carry for the image's
+# stack.) --print-requirements prints that
 # stack's requirement list and stops (nothing is downloaded).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
