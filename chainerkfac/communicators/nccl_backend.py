@@ -2,10 +2,9 @@
 
 :func:`nccl_problem` says, in one line, why this process cannot use NCCL
 (CuPy missing, CuPy without NCCL, no CUDA device, a CUDA library CuPy cannot
-load); :func:`gpu_of_rank`
-picks this rank's GPU from its node-local rank and refuses, on every rank
-and before NCCL is called, two ranks of one node on one GPU (which NCCL
-refuses, or hangs on). :class:`NcclBackend` is the thin adapter: arrays in,
+load); :func:`gpu_of_rank` picks this rank's GPU from its node-local rank
+and refuses, on every rank and before NCCL is called, two ranks of one node
+on one GPU (which NCCL refuses, or hangs on). :class:`NcclBackend` is the thin adapter: arrays in,
 pointers out, nothing else. It has not run on a GPU from this repository's
 machines (``tests/test_nccl_backend.py`` holds its ``gpu`` tests).
 """
@@ -24,8 +23,8 @@ def nccl_problem():
 
     Checked in order: CuPy imports; CuPy has NCCL
     (``cupy.cuda.nccl.available``, else the loader's reason); a CUDA device
-    is usable; CuPy loads the
-    other libraries K-FAC's GPU training calls (cuBLAS, cuSOLVER, NVRTC:
+    is usable; CuPy loads the other libraries K-FAC's GPU training calls
+    (cuBLAS, cuSOLVER, NVRTC:
     :func:`chainerkfac.cuda.availability.library_problem`).
     """
     cupy, problem = availability.import_cupy()
