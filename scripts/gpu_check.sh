@@ -8,7 +8,8 @@
 #   setup        install the carried wheels the machine lacks (Chainer 7.8.1,
 #                MPICH + mpi4py, ...) from .gpu_wheels only, never the network
 #   device       print the GPU (nvidia-smi; chainerkfac's device selection)
-#   tests        pytest -m gpu (the GPU-marked tests)
+#   tests        pytest -m gpu (the GPU-marked tests; skips are skips, an
+#                unusable GPU fails the step)
 #   equivalence  mpiexec -n 2 on the one GPU through the 'mpi' communicator
 #                vs one process (tests/mpi_scripts/gpu_equivalence.py)
 #   smoke        train_imagenet.py --gpu: ResNet-50 (configs/bs4k_resnet50.json)
@@ -23,7 +24,25 @@
 # (the whole output to .log beside it) and copies both into $OUT when set (the
 # run tool's folder that comes back). Exit status 1 if any step failed, timed
 # out or was not run, else 0.
+# Stacks (GPU_CHECK_STACK):
+#   image   the default: the machine's own Python 3.12, NumPy 2 and CuPy 14,
+#           plus the carried wheels;
+#   cudnn   the CuPy 13.6 + cuDNN 8.9 + CUDA 12.4 stack of
+#           requirements-gpu-cudnn.txt (NumPy 1.26), the one whose
+#           convolutions run through cuDNN: setup makes a venv of the image's
+#           Python 3.12 from the wheels `scripts/prepare_gpu_machine.sh
+#           --cudnn` puts into .gpu_wheels_cudnn (GPU_CHECK_CUDNN_WHEELS), no
+#           network, and every later step runs on that venv's Python with its
+#           NVIDIA libraries on LD_LIBRARY_PATH (CuPy 13 finds them only
+#           there). Those wheels are over 1 GB (cuDNN 8.9's alone is about
+#           700 MB): more than the run tool carries (64 MiB a call), so this
+#           stack runs where the folder can be copied to the GPU machine;
+#           the prepare script says so. One
+#           run takes about as long as the image's, so name fewer steps, e.g.
+#             GPU_CHECK_STACK=cudnn bash scripts/gpu_check.sh tests step_time
 # Env: GPU_CHECK_WHEELS (.gpu_wheels), GPU_CHECK_PYTHON (python3),
+#      GPU_CHECK_STACK (image), GPU_CHECK_CUDNN_WHEELS (.gpu_wheels_cudnn),
+#      GPU_CHECK_TEST_PATHS (tests: what the tests step collects),
 #      GPU_CHECK_BUDGET (570: the run tool ends a command at 600 s),
 #      GPU_CHECK_RESULTS (benchmarks/results).
 # Written on a machine without a GPU: this script has not run on one yet.
@@ -39,6 +58,8 @@ declare -A LIMIT=([setup]=150 [device]=60 [tests]=200 [equivalence]=120
 
 export GPU_CHECK_PYTHON="${GPU_CHECK_PYTHON:-python3}"
 export GPU_CHECK_WHEELS="${GPU_CHECK_WHEELS:-$root/.gpu_wheels}"
+export GPU_CHECK_STACK="${GPU_CHECK_STACK:-image}"
+export GPU_CHECK_CUDNN_WHEELS="${GPU_CHECK_CUDNN_WHEELS:-${GPU_CHECK_WHEELS%/}_cudnn}"
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 py="$GPU_CHECK_PYTHON"
@@ -51,12 +72,26 @@ mpiexec_path() {  # the mpiexec next to the interpreter (as tests/mpi_helpers.py
   echo "$(dirname "$("$py" -c 'import sys; print(sys.executable)')")/mpiexec"
 }
 
+cudnn_venv() { echo "$GPU_CHECK_WORK/venv-cudnn"; }
+
+cudnn_library_path() {  # the nvidia/*/lib folders of the cudnn venv, joined by ':'
+  ls -d "$(cudnn_venv)"/lib/python3.*/site-packages/nvidia/*/lib 2>/dev/null | paste -sd: -
+}
+
 step_setup() {
+  if [ "$GPU_CHECK_STACK" = cudnn ] && [ ! -d "$GPU_CHECK_CUDNN_WHEELS" ]; then
+    echo "gpu_check: no wheel folder $GPU_CHECK_CUDNN_WHEELS for the cudnn stack: run scripts/prepare_gpu_machine.sh --cudnn where PyPI is reachable and copy the .gpu_wheels_cudnn it fills here"
+    return 1
+  fi
   "$py" -c 'import sys; assert sys.version_info[:2] == (3, 12), sys.version' ||
     { echo "gpu_check: $py is not Python 3.12, the carried wheels are cp312"; return 1; }
   [ -d "$GPU_CHECK_WHEELS" ] || {
     echo "gpu_check: no wheel folder $GPU_CHECK_WHEELS: run scripts/prepare_gpu_machine.sh where PyPI is reachable and carry it"
     return 1; }
+  if [ "$GPU_CHECK_STACK" = cudnn ]; then
+    setup_cudnn
+    return $?
+  fi
   local want=(chainer mpich mpi4py) files=() name f
   "$py" -c 'import pkg_resources' 2>/dev/null || want+=(setuptools)
   "$py" -c 'import pytest, pytest_timeout' 2>/dev/null ||
@@ -71,6 +106,23 @@ step_setup() {
   "$py" -m pip install --no-index --no-deps --no-compile \
     --disable-pip-version-check -q "${files[@]}" || return 1
   [ -x "$(mpiexec_path)" ] || { echo "gpu_check: no mpiexec next to $py after installing MPICH"; return 1; }
+  print_versions
+}
+
+setup_cudnn() {  # a venv of the CuPy 13.6 stack, from the prepared wheels only
+  local venv; venv="$(cudnn_venv)"
+  echo "making $venv: requirements-gpu-cudnn.txt from $GPU_CHECK_CUDNN_WHEELS and $GPU_CHECK_WHEELS (no index)"
+  "$py" -m venv "$venv" || return 1
+  "$venv/bin/python" -m pip install --no-index --no-compile -q \
+    --disable-pip-version-check --find-links "$GPU_CHECK_CUDNN_WHEELS" \
+    --find-links "$GPU_CHECK_WHEELS" -r requirements-gpu-cudnn.txt \
+    'setuptools<70' || return 1
+  py="$venv/bin/python"
+  [ -x "$(mpiexec_path)" ] || { echo "gpu_check: no mpiexec in $venv after installing MPICH"; return 1; }
+  LD_LIBRARY_PATH="$(cudnn_library_path)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" print_versions
+}
+
+print_versions() {
   "$py" - <<'EOF'
 import sys
 import chainerkfac  # first: makes Chainer 7.8.1 import on NumPy 2
@@ -101,19 +153,21 @@ EOF
 
 step_tests() {
   # the equivalence step runs the two-rank GPU run itself; plugins of the
-  # image (xdist, cov, ...) stay off
+  # image (xdist, cov, ...) stay off. pytest's exit status is the verdict:
+  # a skip is a skip, whatever its reason says (an image without NCCL skips
+  # the NCCL adapter's tests, naming why; -rs lists every reason). Only a
+  # GPU that is not usable at all fails the step, and it does so before any
+  # test runs: CHAINERKFAC_REQUIRE_GPU=1 makes tests/conftest.py end the run
+  # with one line (exit status 4) instead of skipping every gpu test.
+  # GPU_CHECK_TEST_PATHS (default: tests) narrows what is collected.
   local out="$GPU_CHECK_WORK/pytest.out"
-  PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 "$py" -m pytest -m gpu -q -rs \
-    -p no:cacheprovider -p pytest_timeout --timeout 240 \
+  # shellcheck disable=SC2086  # the paths are words
+  CHAINERKFAC_REQUIRE_GPU=1 PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 \
+    "$py" -m pytest -m gpu -q -rs -p no:cacheprovider -p pytest_timeout \
+    --timeout 240 \
     --deselect tests/test_gpu_entry_points.py::test_gpu_equivalence_two_ranks_one_gpu \
-    tests 2>&1 | tee "$out"
-  local rc=${PIPESTATUS[0]}
-  # on a GPU machine a GPU test skipped for want of a GPU is a failure
-  if grep -E '^SKIPPED' "$out" | grep -qiE 'no usable GPU|cupy'; then
-    echo "gpu_check: GPU tests were skipped for want of a usable GPU"
-    return 1
-  fi
-  return "$rc"
+    ${GPU_CHECK_TEST_PATHS:-tests} 2>&1 | tee "$out"
+  return "${PIPESTATUS[0]}"
 }
 
 step_equivalence() {
@@ -184,6 +238,10 @@ if [ "${1:-}" = __step ]; then
 fi
 
 # ------------------------------------------------------------------ driver
+case "$GPU_CHECK_STACK" in
+  image|cudnn) ;;
+  *) echo "gpu_check: unknown GPU_CHECK_STACK '$GPU_CHECK_STACK'; stacks: image cudnn" >&2; exit 2 ;;
+esac
 steps=("$@")
 [ "${#steps[@]}" -gt 0 ] || steps=("${ALL_STEPS[@]}")
 for s in "${steps[@]}"; do
@@ -200,8 +258,10 @@ deadline=$((start + ${GPU_CHECK_BUDGET:-570}))
 stamp="$(date -u +%Y-%m-%dT%H%M%SZ)"
 results_dir="${GPU_CHECK_RESULTS:-benchmarks/results}"
 mkdir -p "$results_dir"
-results="$results_dir/gpu_check_$stamp.md"
-log="$results_dir/gpu_check_$stamp.log"
+suffix=""
+[ "$GPU_CHECK_STACK" = image ] || suffix="_$GPU_CHECK_STACK"
+results="$results_dir/gpu_check_$stamp$suffix.md"
+log="$results_dir/gpu_check_$stamp$suffix.log"
 GPU_CHECK_WORK="$(mktemp -d /tmp/gpu_check.XXXXXX)"
 export GPU_CHECK_WORK
 exec > >(tee -a "$log") 2>&1
@@ -231,6 +291,11 @@ write_results() {
     echo "- nvidia-smi: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -n1 || true)"
     echo "- host: $(hostname), $(nproc) cores; Python: $("$py" --version 2>&1)"
     echo "- tree: $tree"
+    if [ "$GPU_CHECK_STACK" = cudnn ]; then
+      echo "- stack: cudnn (requirements-gpu-cudnn.txt: CuPy 13.6, cuDNN 8.9, CUDA 12.4, NumPy 1.26, in a venv from $GPU_CHECK_CUDNN_WHEELS)"
+    else
+      echo "- stack: image (its Python, NumPy and CuPy, plus the carried wheels)$( [ -d "$GPU_CHECK_CUDNN_WHEELS" ] && echo "; the cudnn stack's wheels are here: GPU_CHECK_STACK=cudnn runs it" )"
+    fi
     echo "- budget ${GPU_CHECK_BUDGET:-570} s; elapsed $(( $(date +%s) - start )) s; steps asked: ${steps[*]}"
     echo
     echo "| step | status | seconds |"
@@ -288,6 +353,12 @@ for s in "${steps[@]}"; do
     *) status="FAIL (exit $rc)"; failed=1 ;;
   esac
   [ "$s" != setup ] || [ "$rc" = 0 ] || setup_ok=0
+  if [ "$s" = setup ] && [ "$rc" = 0 ] && [ "$GPU_CHECK_STACK" = cudnn ]; then
+    # every later step on the venv's Python, CuPy 13 finding its libraries
+    GPU_CHECK_PYTHON="$(cudnn_venv)/bin/python"; py="$GPU_CHECK_PYTHON"
+    LD_LIBRARY_PATH="$(cudnn_library_path)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    export GPU_CHECK_PYTHON LD_LIBRARY_PATH
+  fi
   echo "=== gpu_check: $s: $status (${dt} s) ==="
   record "$s" "$status" "$dt" "$GPU_CHECK_WORK/$s.out"
 done

@@ -43,15 +43,19 @@ if [ "${CHAINERKFAC_SKIP_NUMPY2:-0}" != 1 ]; then
   echo "== NumPy 2 leg (.venv-numpy2: NumPy 2, CuPy 14, no GPU) ==" >&2
   if bash scripts/numpy2_env.sh; then
     # numerics under NumPy 2's casting rules, the kernels against their
-    # references, and every .cu compiled by CuPy 14's own NVRTC with the
-    # launcher's include folders and options (no GPU needed)
+    # references, every .cu compiled by CuPy 14's own NVRTC with the
+    # launcher's include folders and options (no GPU needed), and the CUDA
+    # library checks against real CuPy without a driver (no cuSOLVER here)
     run_pytest .venv-numpy2/bin/python tests/test_compat.py \
       tests/test_linalg.py tests/test_step_bruteforce.py \
       tests/test_kfac_optimizer.py tests/test_non_positive_definite.py \
       tests/test_cholesky.py tests/test_step_status.py tests/test_packing.py \
       tests/test_cuda_launcher.py tests/test_cuda_kernels.py \
       tests/test_cuda_compile.py tests/test_emulated_training.py \
-      tests/test_nccl_communicator.py || rc=$?
+      tests/test_nccl_communicator.py tests/test_nccl_backend.py \
+      tests/test_cuda_availability.py \
+      tests/test_gpu_entry_points.py::test_a_missing_cuda_library_stops_before_training \
+      || rc=$?
     echo "== GPU-marked tests with CuPy and no device: they must skip ==" >&2
     run_pytest .venv-numpy2/bin/python -m gpu -rs tests || rc=$?
   else

@@ -38,12 +38,21 @@ def gpu_unavailable_reason():
     return None
 
 
+#: set to 1 where a GPU must be usable (scripts/gpu_check.sh): collected gpu
+#: tests then end the run with one line instead of skipping
+REQUIRE_GPU = 'CHAINERKFAC_REQUIRE_GPU'
+
+
 def pytest_collection_modifyitems(config, items):
     gpu_items = [item for item in items if item.get_closest_marker('gpu')]
     if not gpu_items:
         return  # no CuPy import unless a GPU test was collected
     reason = gpu_unavailable_reason()
     if reason is not None:
+        if os.environ.get(REQUIRE_GPU) == '1':
+            raise pytest.UsageError('{}=1, but the {} gpu tests cannot run: {}'
+                                    .format(REQUIRE_GPU, len(gpu_items),
+                                            reason))
         for item in gpu_items:
             item.add_marker(pytest.mark.skip(reason='gpu test: ' + reason))
 

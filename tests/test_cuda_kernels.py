@@ -615,3 +615,26 @@ def test_gpu_unit_fisher_inverse(cp, rng, dtype):  # pragma: no cover
     numpy.testing.assert_allclose(cp.asnumpy(inv), expected, rtol=tol,
                                   atol=0)
     assert cp.asnumpy(gpu_status).tolist() == status.tolist()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize('buffer_dtype', [F32, F16])
+@pytest.mark.parametrize('grid', [3, None])
+def test_gpu_pack_unpack_without_scales_or_divisors(
+        cp, rng, buffer_dtype, grid):  # pragma: no cover - needs a GPU
+    """The launches that pass launcher.NULL for the absent scales/divisors
+    (what CuPy 13.6 got wrong for None): every array dtype, both buffer
+    dtypes, a small grid (the grid-stride loop) and the default one."""
+    arrays, sym = mixed_list(rng, (F32, F16, F64))
+    total = packed_total(arrays, sym)
+    expected = numpy.zeros(total, buffer_dtype)
+    ops.pack(arrays, sym, expected)
+    buffer = cp.full(total, numpy.nan, buffer_dtype)
+    ops.pack([cp.asarray(a) for a in arrays], sym, buffer, grid=grid)
+    assert_same(cp.asnumpy(buffer), expected)
+    outs = [numpy.zeros(a.shape, a.dtype) for a in arrays]
+    ops.unpack(expected, outs, sym)
+    gpu_outs = [cp.full(a.shape, numpy.nan, a.dtype) for a in arrays]
+    ops.unpack(cp.asarray(expected), gpu_outs, sym, grid=grid)
+    for g, o in zip(gpu_outs, outs):
+        assert_same(cp.asnumpy(g), o)

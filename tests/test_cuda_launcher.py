@@ -177,7 +177,12 @@ def _no_launch(monkeypatch):
     (0, numpy.ones(5, F32), ValueError, r'x .* needs \[n\] = 4 elements, '
                                         r'got 5'),
     (0, numpy.ones(8, F32)[::2], ValueError, 'x .* C-contiguous'),
-    (0, None, TypeError, 'x .* does not allow null'),
+    (0, None, TypeError, r'x .* got None; an absent pointer is '
+                         r'launcher.NULL \(CuPy 13.6 passes None as garbage'),
+    (0, launcher.NULL, TypeError, 'x .* got NULL, but the annotation does '
+                                  'not allow null'),
+    (0, numpy.uintp(64), TypeError, 'x .* needs a NumPy or CuPy array, got '
+                                    'numpy.uint64'),
     (0, [1.0, 1.0, 1.0, 1.0], TypeError, 'x .* NumPy or CuPy array'),
     (2, numpy.zeros(2, numpy.int64), TypeError, 'flags .* dtype int32'),
     (2, numpy.zeros(3, I32), ValueError, r'flags .* \[n_flags\] = 2'),
@@ -225,8 +230,16 @@ def test_argument_count_and_container(flag_kernel, monkeypatch):
 def test_null_where_annotated(monkeypatch):
     _no_launch(monkeypatch)
     k = launcher.kernel('pack', 'pack_f32')
-    args = [numpy.zeros(8, I64), I32(2), None, numpy.zeros(5, F32), I64(5)]
+    args = [numpy.zeros(8, I64), I32(2), launcher.NULL, numpy.zeros(5, F32),
+            I64(5)]
     assert k.check(2, 64, args) == 'cpu'
+    assert k.check(2, 64, args[:2] + [numpy.uint64(0)] + args[3:]) == 'cpu'
+    args[2] = None  # a nullable pointer still refuses None
+    with pytest.raises(TypeError, match=r'scales \(float\*\): got None'):
+        k(2, 64, args)
+    with pytest.raises(TypeError, match=r'scales .* NumPy or CuPy array or '
+                                        r'launcher.NULL, got numpy.int64'):
+        k(2, 64, args[:2] + [I64(0)] + args[3:])
     args[2] = numpy.ones(3, F32)
     with pytest.raises(ValueError, match=r'scales .* \[n_arrays\] = 2'):
         k(2, 64, args)
@@ -250,12 +263,12 @@ def test_mixed_or_missing_devices(monkeypatch):
     with pytest.raises(TypeError, match='NumPy and CuPy arrays mixed'):
         k(1, 32, [a, b, I32(3)])
     with pytest.raises(TypeError, match='does not allow null'):
-        k(1, 32, [None, None, I32(3)])
+        k(1, 32, [launcher.NULL, launcher.NULL, I32(3)])
     source = ('extern "C" __global__ void k(float* a /* [n] or null */, '
               'int n) {}')
     k = launcher.Module(source, 'nothing.cu')['k']
     with pytest.raises(TypeError, match='no array argument'):
-        k(1, 32, [None, I32(3)])
+        k(1, 32, [launcher.NULL, I32(3)])
 
 
 # --------------------------------------------------------------------------
@@ -517,6 +530,17 @@ def _op_cases(rng):
                    numpy.array([1.0, 3.0, 7.0], F32), grid=2)
         return outs
 
+    def pack_unscaled():
+        buffer = numpy.zeros(15 + 6 + 4, F32)
+        ops.pack(arrays, [True, False, False], buffer)
+        return [buffer]
+
+    def unpack_undivided():
+        buffer = rng.randn(15 + 6 + 4).astype(numpy.float16)
+        outs = [numpy.zeros_like(a) for a in arrays]
+        ops.unpack(buffer, outs, [True, False, False])
+        return outs
+
     def flag():
         f = numpy.zeros(3, I32)
         bad = arrays[1].copy()
@@ -536,13 +560,72 @@ def _op_cases(rng):
         inv = ops.unit_fisher_inverse(m, 1e-3, status, 1)
         return [inv, status]
 
-    return {'pack': pack, 'unpack': unpack, 'flag': flag,
+    return {'pack': pack, 'unpack': unpack, 'pack_unscaled': pack_unscaled,
+            'unpack_undivided': unpack_undivided, 'flag': flag,
             'momentum': momentum, 'fisher': fisher}
 
 
+OP_CASES = ['pack', 'unpack', 'pack_unscaled', 'unpack_undivided', 'flag',
+            'momentum', 'fisher']
+
+
 @emulated
-@pytest.mark.parametrize('case', ['pack', 'unpack', 'flag', 'momentum',
-                                  'fisher'])
+@pytest.mark.parametrize('case', OP_CASES)
+def test_absent_pointers_are_null_never_none(monkeypatch, case):
+    """Every op hands the launcher arrays, NumPy scalars and, for an
+    absent optional pointer (no fp16 scales, no divisors), launcher.NULL:
+    never None, which CuPy 13.6 would pass as garbage. (The launcher's
+    check refuses None too, so any emulated test of an op passing one
+    fails.)"""
+    seen = []
+    real_check = launcher.Kernel.check
+
+    def check(self, grid, block, args):
+        seen.append((self, tuple(args)))
+        return real_check(self, grid, block, args)
+
+    monkeypatch.setattr(launcher.Kernel, 'check', check)
+    with cuda.emulate():
+        _op_cases(numpy.random.RandomState(1))[case]()
+    assert len(seen) == 1
+    kernel, args = seen[0]
+    assert not any(a is None for a in args)
+    nulls = [p.name for p, a in zip(kernel.params, args)
+             if launcher.is_null(a)]
+    assert nulls == {'pack_unscaled': ['scales'],
+                     'unpack_undivided': ['divisors']}.get(case, [])
+    for p, a in zip(kernel.params, args):
+        if p.pointer and p.name not in nulls:
+            assert isinstance(a, numpy.ndarray), p.name
+        elif not p.pointer:
+            assert type(a) is p.dtype.type, p.name
+
+
+def test_null_is_a_pointer_sized_zero():
+    import ctypes
+    assert type(launcher.NULL) is numpy.uintp and int(launcher.NULL) == 0
+    assert launcher.NULL.nbytes == ctypes.sizeof(ctypes.c_void_p)
+    assert launcher.is_null(numpy.uintp(0))
+    for value in (None, 0, numpy.uintp(1), numpy.int64(0), numpy.zeros(1)):
+        assert not launcher.is_null(value)
+
+
+def test_cupy_passes_null_as_eight_zero_bytes():
+    """Where CuPy 14 is installed (the NumPy-2 leg), its kernel-argument
+    wrapper takes NULL as an 8-byte unsigned scalar. (CuPy 13.6 has no
+    CScalar: its _pointer makes a CInt64 of any 8-byte NumPy scalar.)"""
+    scalar = pytest.importorskip('cupy._core._scalar',
+                                 reason='no CuPy 14 here')
+    if not hasattr(scalar, 'CScalar'):
+        pytest.skip('CuPy {} has no CScalar (CuPy 13)'.format(
+            __import__('cupy').__version__))
+    wrapped = scalar.CScalar(launcher.NULL)
+    assert wrapped.dtype == numpy.dtype(numpy.uint64)
+    assert wrapped.dtype.itemsize == 8
+
+
+@emulated
+@pytest.mark.parametrize('case', OP_CASES)
 def test_gpu_path_receives_the_emulated_arguments(monkeypatch, case):
     """With the device faked, each op takes the GPU branch of the launcher,
     ``get_function(name)((grid,), (block,), args)``. Its arguments equal, in
@@ -585,7 +668,7 @@ def test_gpu_path_receives_the_emulated_arguments(monkeypatch, case):
             if p.name != 'inverse':  # uninitialised (empty) output
                 numpy.testing.assert_array_equal(g, e, err_msg=p.name)
         else:
-            assert g == e or g is e is None, p.name
+            assert g == e and g is not None, p.name
     for a, b, c in zip(on_gpu, emulated, expected):
         numpy.testing.assert_array_equal(a, c)
         numpy.testing.assert_array_equal(b, c)

@@ -16,6 +16,7 @@ import types
 
 import pytest
 
+from cuda_helpers import stand_in_libraries  # NOQA: I100
 from mpi_helpers import run_command  # NOQA: I100
 
 # chainerkfac before chainer: it makes Chainer 7.8.1 import on NumPy 2
@@ -62,11 +63,46 @@ def assert_one_line_error(result, prog):
     ('benchmarks/stale_accuracy.py', ['--gpu']),
     ('benchmarks/gpu_step_time.py', []),
     ('benchmarks/pack_bandwidth.py', []),
+    ('benchmarks/comm_volume.py', ['--time', 'mpi', '--gpu', '--model',
+                                   'resnet20', '--repeat', 1]),
 ])
 def test_gpu_run_without_a_gpu_is_one_line(script, args):
     line = assert_one_line_error(run(script, *args, hide_gpus=True),
                                  os.path.basename(script))
     assert '--cpu-smoke' in line or '--gpu' in line
+
+
+#: a GPU entry point run as though the driver saw one device: CuPy itself
+#: and every library it loads are real, only the device query is stood in
+AS_IF_ONE_DEVICE = """
+import runpy, sys
+import chainerkfac
+import cupy
+cupy.is_available = lambda: True
+cupy.cuda.runtime.getDeviceCount = lambda: 1
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name='__main__')
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec('cupy') is None,
+                    reason='needs CuPy installed (the NumPy-2 leg)')
+def test_a_missing_cuda_library_stops_before_training():
+    """CuPy installed, no driver: with the device query answered, --gpu
+    stops with one line naming the first CUDA library CuPy cannot load (the
+    NumPy-2 leg has no cuSOLVER), before any training step."""
+    import cupy
+
+    from chainerkfac.cuda import availability
+    missing = availability.library_problem(cupy_version=cupy.__version__)
+    if missing is None:  # pragma: no cover - a complete GPU stack
+        pytest.skip('every CUDA library loads here')
+    result = run_command(
+        [sys.executable, '-c', AS_IF_ONE_DEVICE,
+         os.path.join(ROOT, 'benchmarks', 'gpu_step_time.py')], 120)
+    line = assert_one_line_error(result, 'gpu_step_time.py')
+    assert line.endswith('no usable GPU: ' + missing), line
+    assert 'K-FAC every step' not in result.stdout, result.stdout
 
 
 def test_gpu_equivalence_without_a_gpu_is_one_line(monkeypatch):
@@ -82,6 +118,12 @@ def test_gpu_equivalence_script_on_cpu():
     assert result.stdout.count('OK rank') == 2, result.stdout
     assert result.stdout.count('global_batch max-error') == 2, result.stdout
     assert result.stdout.count('batch_norm max-error') == 2, result.stdout
+
+
+def test_pinned_staging_script_on_cpu():
+    result = run_mpi(2, 'pinned_staging.py', '--cpu', timeout=120)
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.count('OK rank') == 2, result.stdout
 
 
 def test_gpu_step_time_cpu_smoke():
@@ -134,6 +176,118 @@ def test_gpu_check_reports_every_step_and_goes_on(tmp_path):
     assert bad.returncode == 2 and 'unknown step' in bad.stdout
 
 
+def test_gpu_check_cudnn_stack_needs_its_wheels(tmp_path):
+    """GPU_CHECK_STACK=cudnn (the CuPy 13.6 stack) without the folder that
+    prepare_gpu_machine.sh --cudnn fills: setup fails saying so, before any
+    venv is made; the results name the stack."""
+    out, results = tmp_path / 'out', tmp_path / 'results'
+    out.mkdir()
+    (tmp_path / 'wheels').mkdir()
+    env = dict(os.environ, GPU_CHECK_WHEELS=str(tmp_path / 'wheels'),
+               GPU_CHECK_RESULTS=str(results), OUT=str(out),
+               GPU_CHECK_PYTHON=sys.executable, GPU_CHECK_STACK='cudnn')
+    script = os.path.join(ROOT, 'scripts', 'gpu_check.sh')
+    result = subprocess.run(['bash', script, 'tests'], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            universal_newlines=True, timeout=60)
+    assert result.returncode == 1, result.stdout
+    (md,) = results.glob('gpu_check_*_cudnn.md')
+    text = md.read_text()
+    assert '| setup | FAIL (exit 1) |' in text, text
+    assert '| tests | NOT RUN (setup failed) |' in text, text
+    assert '- stack: cudnn (requirements-gpu-cudnn.txt: CuPy 13.6' in text
+    assert ('no wheel folder {}_cudnn for the cudnn stack: run scripts/'
+            'prepare_gpu_machine.sh --cudnn'.format(tmp_path / 'wheels')
+            in text), text
+    assert 'making ' not in text           # no venv was begun
+    env['GPU_CHECK_STACK'] = 'cuda11'
+    bad = subprocess.run(['bash', script, 'device'], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         universal_newlines=True, timeout=60)
+    assert bad.returncode == 2 and "unknown GPU_CHECK_STACK 'cuda11'" in \
+        bad.stdout
+
+
+def test_prepare_gpu_machine_lists_the_cudnn_stack():
+    """What prepare_gpu_machine.sh --cudnn downloads (no network here):
+    requirements-gpu-cudnn.txt with the files it includes, without Chainer's
+    sdist pin (its wheel is prepared apart), with Chainer's own needs."""
+    script = os.path.join(ROOT, 'scripts', 'prepare_gpu_machine.sh')
+    result = subprocess.run(['bash', script, '--print-requirements'],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            universal_newlines=True, timeout=60)
+    assert result.returncode == 0, result.stdout
+    lines = result.stdout.split()
+    for pin in ('cupy-cuda12x==13.6.0', 'numpy==1.26.4',
+                'nvidia-cudnn-cu12==8.9.7.29', 'nvidia-cusolver-cu12==11.6.1.9',
+                'nvidia-nccl-cu12==2.32.3', 'mpi4py==4.1.1', 'pytest==8.3.3',
+                'setuptools<70', 'protobuf>=3.0.0'):
+        assert pin in lines, result.stdout
+    assert not [line for line in lines if line.startswith('chainer')]
+    assert len(lines) == len(set(lines))
+    bad = subprocess.run(['bash', script, '--cuda11'], stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, universal_newlines=True,
+                         timeout=60)
+    assert bad.returncode == 2 and 'unknown option --cuda11' in bad.stdout
+
+
+GPU_CHECK_TESTS = """
+import pytest
+
+
+@pytest.mark.gpu
+def test_runs():
+    pass
+
+
+@pytest.mark.gpu
+def test_skips_naming_cupy():
+    pytest.skip('NCCL adapter: CuPy 14.2.0 has no NCCL (cupy.cuda.nccl.'
+                'available is False)')
+"""
+
+
+def gpu_check_tests_step(tmp_path, paths):
+    work = tmp_path / 'work'
+    work.mkdir(exist_ok=True)
+    env = dict(os.environ, GPU_CHECK_WORK=str(work),
+               GPU_CHECK_PYTHON=sys.executable, GPU_CHECK_TEST_PATHS=paths)
+    return subprocess.run(
+        ['bash', os.path.join(ROOT, 'scripts', 'gpu_check.sh'), '__step',
+         'tests'], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        universal_newlines=True, timeout=120)
+
+
+def test_gpu_check_counts_a_skip_as_a_skip(tmp_path):
+    """The tests step's verdict is pytest's: a skip whose reason names CuPy
+    (an image without NCCL) passes, a failing test fails. (The files are
+    outside tests/, so no GPU is needed to collect them.)"""
+    (tmp_path / 'test_skips.py').write_text(GPU_CHECK_TESTS)
+    result = gpu_check_tests_step(tmp_path, str(tmp_path / 'test_skips.py'))
+    assert result.returncode == 0, result.stdout
+    assert 'SKIPPED' in result.stdout and 'has no NCCL' in result.stdout
+    assert '1 passed, 1 skipped' in result.stdout, result.stdout
+    (tmp_path / 'test_fails.py').write_text(
+        GPU_CHECK_TESTS + '\n\n@pytest.mark.gpu\ndef test_fails():\n'
+        '    assert False\n')
+    result = gpu_check_tests_step(tmp_path, str(tmp_path / 'test_fails.py'))
+    assert result.returncode == 1, result.stdout
+
+
+@pytest.mark.skipif(GPU_PROBLEM is None, reason='a GPU is usable here')
+def test_gpu_check_fails_without_a_usable_gpu(tmp_path):
+    """Without a usable GPU the tests step does not pass by skipping every
+    gpu test: tests/conftest.py ends the run with one line (exit status 4,
+    a usage error) under CHAINERKFAC_REQUIRE_GPU=1."""
+    result = gpu_check_tests_step(
+        tmp_path, os.path.join(ROOT, 'tests', 'test_cholesky.py'))
+    assert result.returncode == 4, result.stdout
+    lines = [line for line in result.stdout.splitlines()
+             if 'CHAINERKFAC_REQUIRE_GPU=1' in line]
+    assert len(lines) == 1, result.stdout
+    assert 'gpu tests cannot run: no C' in lines[0], lines
+
+
 # ------------------------------------- chainerkfac.training.device (no GPU)
 
 def fake_cupy(available=True, count=1, version='99.0'):
@@ -151,6 +305,12 @@ def test_gpu_problem_names_what_is_missing(monkeypatch):
     monkeypatch.setitem(sys.modules, 'cupy', fake_cupy(count=1))
     assert device_module.gpu_problem(2) == (
         '2 processes on this node need one GPU each, but CuPy 99.0 sees 1')
+    stand_in_libraries(monkeypatch, broken=('cusolver',))
+    assert device_module.gpu_problem(1) == (
+        "CuPy 99.0 cannot load cuSOLVER (needed for K-FAC's Cholesky "
+        'inverses): ImportError: libcusolver.so.99: cannot open shared object '
+        'file: No such file or directory')
+    stand_in_libraries(monkeypatch)
     monkeypatch.setattr(chainer.backends.cuda, 'available', False)
     assert device_module.gpu_problem(1).startswith(
         'Chainer {} cannot use CuPy 99.0'.format(chainer.__version__))
@@ -234,6 +394,17 @@ def test_gpu_equivalence_two_ranks_one_gpu():
 
 @pytest.mark.gpu
 @needs_gpu
+def test_pinned_staging_two_ranks_one_gpu():
+    """Pinned staging's event waits: back-to-back collectives where nothing
+    else orders a pinned-buffer write after the previous copy out of it."""
+    result = run_mpi(2, 'pinned_staging.py', timeout=180)
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.count('OK rank') == 2, result.stdout
+    assert 'pinned' in result.stdout, result.stdout
+
+
+@pytest.mark.gpu
+@needs_gpu
 def test_select_gpu_and_describe():
     device = device_module.select_gpu()
     assert device.xp is not __import__('numpy')
@@ -275,6 +446,24 @@ def test_gpu_step_time_small_on_the_gpu():
                  '--every', 2, '--warmup_steps', 1)
     assert result.returncode == 0, result.stdout
     assert 'K-FAC stale, all steps' in result.stdout
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize('communicator', ['mpi', 'pure_nccl'])
+def test_comm_volume_times_collectives_on_the_gpu(communicator):
+    """benchmarks/comm_volume.py --time COMM --gpu (what gpu_check's
+    comm_time step runs with ResNet-50), small: one process, ResNet-20."""
+    if communicator == 'pure_nccl':
+        from chainerkfac.communicators import nccl_backend
+        problem = nccl_backend.nccl_problem()
+        if problem is not None:
+            pytest.skip("'pure_nccl': " + problem)
+    result = run('benchmarks/comm_volume.py', '--time', communicator,
+                 '--gpu', '--model', 'resnet20', '--repeat', 2)
+    assert result.returncode == 0, result.stdout
+    assert 'GPU 0: ' in result.stdout, result.stdout
+    assert 'step communication: fp32' in result.stdout, result.stdout
 
 
 @pytest.mark.gpu

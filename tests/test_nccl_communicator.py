@@ -2,6 +2,7 @@
 interface (through a recording fake of it), the MPI emulation's stream
 semantics, and the clear errors of create_communicator('pure_nccl')."""
 import contextlib
+import functools
 import re
 import sys
 import types
@@ -21,6 +22,7 @@ from chainerkfac.communicators.base import ring_allreduce
 from chainerkfac.communicators.base import ring_reduce_scatter
 from chainerkfac.communicators.nccl_emulation import MpiNcclEmulation
 from chainerkfac.communicators.nccl_mapping import SegmentLayout
+from cuda_helpers import stand_in_libraries  # NOQA: I100
 
 
 # --------------------------------------------------------------------------
@@ -420,6 +422,11 @@ def test_interface_checks_arguments():
     with pytest.raises(ValueError, match='1-D contiguous'):
         check('bcast', 2, 0, buffer=f32.reshape(2, 3), root=0)
     check('reduce', 2, 1, send=f32, recv=None, op='sum', root=0)
+    with pytest.raises(ValueError, match=r'reduce needs a recv buffer on its '
+                                         r'root \(rank 1\)'):
+        check('reduce', 2, 1, send=f32, recv=None, op='sum', root=1)
+    with pytest.raises(ValueError, match='all_reduce needs a recv buffer$'):
+        check('all_reduce', 2, 0, send=f32, recv=None, op='sum')
 
 
 # --------------------------------------------------------------------------
@@ -510,8 +517,8 @@ def stand_in_cupy(nccl_available=True, device=True, count=1,
     ({'cupy': None}, re.escape("create_communicator('pure_nccl'): CuPy is "
                                "not installed (ModuleNotFoundError")),
     (stand_in_cupy(nccl_available=False),
-     r'CuPy 99.0 has no NCCL \(cupy.cuda.nccl.available is False: install '
-     'the nvidia-nccl-cu12 or -cu13 wheel'),
+     r"CuPy 99.0 cannot load NCCL \(needed for the 'pure_nccl' "
+     r"communicator\): .*; install the nvidia-nccl-cu12 or -cu13 wheel"),
     (stand_in_cupy(device=False),
      'CuPy 99.0 finds no usable CUDA device'),
 ])
@@ -522,6 +529,19 @@ def test_pure_nccl_says_what_is_missing(monkeypatch, modules, message):
         chainerkfac.create_communicator('pure_nccl')
     assert '\n' not in str(info.value)
     assert str(info.value).startswith('chainerkfac: ')
+
+
+def test_pure_nccl_checks_the_libraries_training_calls(monkeypatch):
+    for name, module in stand_in_cupy().items():
+        monkeypatch.setitem(sys.modules, name, module)
+    stand_in_libraries(monkeypatch, broken=('nvrtc',))
+    with pytest.raises(CommunicatorUnavailable, match=re.escape(
+            "chainerkfac: create_communicator('pure_nccl'): CuPy 99.0 cannot "
+            "load NVRTC (needed for chainerkfac's CUDA kernels): ImportError: "
+            'libnvrtc.so.99')):
+        chainerkfac.create_communicator('pure_nccl')
+    stand_in_libraries(monkeypatch)
+    assert nccl_backend.nccl_problem() is None
 
 
 def test_pure_nccl_problem_here_is_one_line():
@@ -614,3 +634,66 @@ def test_cuda_aware_mpi_keeps_host_arrays_on_the_host(rng):
     a = rng.randn(3).astype(numpy.float32)
     numpy.testing.assert_array_equal(comm.allreduce_mean([a])[0], a)
     assert all(key[2] == 'host' for key in comm._buffers)
+
+
+class RecordingStream(object):
+    """A stream that logs ``record`` and its events' ``synchronize``."""
+
+    def __init__(self, name, log, ptr=None):
+        self.name, self.log = name, log
+        self.recorded = 0
+        if ptr is not None:
+            self.ptr = ptr
+
+    def record(self):
+        self.recorded += 1
+        self.log.append(('record', self.name, self.recorded))
+        return types.SimpleNamespace(synchronize=functools.partial(
+            self.log.append, ('synchronize', self.name, self.recorded)))
+
+
+def test_pending_copies_wait_for_the_latest_event_of_each_stream():
+    log = []
+    a, b = RecordingStream('a', log, ptr=1), RecordingStream('b', log, ptr=2)
+    copies = mpi_communicator.PendingCopies()
+    copies.wait()                              # nothing pending: no wait
+    assert log == [] and copies.waits == 0
+    copies.started(a)
+    copies.started(b)
+    copies.started(a)                          # a's second event covers both
+    assert len(copies) == 2
+    copies.wait()
+    assert log[3:] == [('synchronize', 'a', 2), ('synchronize', 'b', 1)]
+    assert copies.waits == 2 and len(copies) == 0
+    copies.wait()
+    assert len(log) == 5 and copies.waits == 2
+    # streams without a pointer (the emulation's) are told apart by identity
+    from chainerkfac.communicators.nccl_emulation import HostStream
+    copies.started(HostStream('x'))
+    copies.started(HostStream('y'))
+    assert len(copies) == 2
+    copies.wait()
+    assert copies.waits == 4
+
+
+def test_a_pinned_buffer_is_handed_out_once_pending_copies_passed(
+        monkeypatch):
+    """Each collective takes its buffers before it packs into them or MPI
+    writes them: a pinned one only after the copies out of pinned memory
+    queued by earlier collectives (asynchronous ``ndarray.set``) are done.
+    The device is stood in for: a device run of arrays, pinned memory."""
+    from mpi4py import MPI
+    comm = mpi_communicator.MpiCommunicator(MPI.COMM_WORLD, cuda_aware=False)
+    log = []
+    comm.pending_copies.started(RecordingStream('s', log, ptr=7))
+    x = numpy.zeros(3, numpy.float32)
+    comm._staged_buffer('ag_recv', 3, numpy.float32, [x], False)
+    assert len(comm.pending_copies) == 1      # host buffers: nothing waits
+    monkeypatch.setattr(mpi_communicator, '_device_of', lambda arrays: 0)
+    monkeypatch.setattr(comm, '_allocate', lambda size, dtype, kind: (
+        log.append(('allocate', kind)) or numpy.empty(size, dtype)))
+    buf = comm._staged_buffer('ag_recv', 3, numpy.float32, [x], False)
+    assert buf.shape == (3,)
+    assert log == [('record', 's', 1), ('synchronize', 's', 1),
+                   ('allocate', 'pinned')]
+    assert comm.pending_copies.waits == 1 and len(comm.pending_copies) == 0

@@ -103,6 +103,45 @@ def staging_mode(any_device_array, cuda_aware, fp16_reduction):
     return 'pinned'
 
 
+class PendingCopies(object):
+    """Asynchronous copies that may still be reading kept pinned buffers.
+
+    ``cupy.ndarray.set(host)`` queues ``cudaMemcpyAsync`` on the current
+    stream (CuPy 13.6 and 14.2): from pinned memory it returns before the
+    copy has read the buffer. A buffer the host, or MPI, writes while such
+    a copy runs would hand the device the new values. After each such copy
+    :meth:`started` records an event on its stream (the latest per stream:
+    it marks everything queued there before it); :meth:`wait` blocks the
+    host until every recorded event has passed, and is called before
+    pinned memory is written again. Copies *into* pinned memory
+    (``get(out=...)``) block already.
+
+    Streams need ``record()``, returning an event with ``synchronize()``
+    (``cupy.cuda.Stream``). :attr:`waits` counts the events waited for.
+    """
+
+    def __init__(self):
+        self._events = {}
+        self.waits = 0
+
+    def __len__(self):
+        return len(self._events)
+
+    def started(self, stream):
+        """A copy out of pinned memory was queued on ``stream``."""
+        key = getattr(stream, 'ptr', None)
+        # the stream is kept with its event: an id is not reused meanwhile
+        self._events[id(stream) if key is None else key] = (stream,
+                                                            stream.record())
+
+    def wait(self):
+        """Returns once every copy recorded so far has read its buffer."""
+        events, self._events = self._events, {}
+        for _, event in events.values():
+            event.synchronize()
+            self.waits += 1
+
+
 def _device_of(arrays):
     """The CuPy device id of the first device array, or None."""
     for a in arrays:
@@ -119,7 +158,10 @@ class MpiCommunicator(PackedCommunicator):
     a kept device buffer, and staged through a kept pinned host buffer by
     one copy each way; with a CUDA-aware MPI (``cuda_aware``, asked of the
     library by default: :func:`mpi_cuda_support`) the device buffer goes to
-    MPI directly (fp16 sums excepted: see :func:`staging_mode`).
+    MPI directly (fp16 sums excepted: see :func:`staging_mode`). The copy
+    to the device is asynchronous: a collective that stages through pinned
+    memory first waits for the previous collectives' copies out of it
+    (:class:`PendingCopies`: one event wait each, usually already passed).
 
     Byte counters (:attr:`bytes_sent`, :attr:`bytes_received`, cumulative;
     see :meth:`reset_traffic`) count what this rank moves under the
@@ -137,6 +179,7 @@ class MpiCommunicator(PackedCommunicator):
         super(MpiCommunicator, self).__init__(mpi_comm)
         self.cuda_aware = (mpi_cuda_support() if cuda_aware is None
                            else bool(cuda_aware))
+        self.pending_copies = PendingCopies()
 
     # --- buffers ----------------------------------------------------------
     def _allocate(self, size, dtype, kind):
@@ -150,12 +193,19 @@ class MpiCommunicator(PackedCommunicator):
             return cupy.empty(size, dtype=dtype)
 
     def _staged_buffer(self, purpose, size, dtype, arrays, fp16_reduction):
-        """The buffer handed to MPI for ``arrays`` (see :func:`staging_mode`)."""
+        """The buffer handed to MPI for ``arrays`` (see :func:`staging_mode`).
+
+        A pinned buffer is returned only once no copy out of pinned memory
+        is pending (:class:`PendingCopies`): every collective takes its
+        buffers before it packs into them or hands them to MPI.
+        """
         device = _device_of(arrays)
         mode = staging_mode(device is not None, self.cuda_aware,
                             fp16_reduction)
         if mode == 'device':  # pragma: no cover - needs a GPU
             return self._buffer(purpose, size, dtype, ('device', device))
+        if mode == 'pinned':
+            self.pending_copies.wait()
         return self._buffer(purpose, size, dtype, mode)
 
     def _global_exponents(self, arrays):
@@ -308,9 +358,10 @@ class MpiCommunicator(PackedCommunicator):
     def _unpack(self, plan, buffer, divisors, like, purpose):
         """New arrays with the dtypes, shapes and devices of ``like``, from
         ``buffer`` divided by ``divisors`` (None or a float64 NumPy vector):
-        a run of device arrays is copied to a kept device buffer once and
-        unpacked by one launch; a device ``buffer`` is unpacked by one
-        launch (host arrays of ``like`` are then copied back)."""
+        a run of device arrays is copied to a kept device buffer once
+        (asynchronously: recorded in :attr:`pending_copies`) and unpacked
+        by one launch; a device ``buffer`` is unpacked by one launch (host
+        arrays of ``like`` are then copied back)."""
         if not isinstance(buffer, numpy.ndarray):  # pragma: no cover - GPU
             return _unpack_device(plan, buffer, divisors, like)
         outs = [backend.get_array_module(ref).empty(ref.shape, ref.dtype)
@@ -325,7 +376,10 @@ class MpiCommunicator(PackedCommunicator):
                 staging = self._buffer(
                     purpose + '_staging', plan.size, buffer.dtype,
                     ('device', like[start].device.id))[first:last]
-                staging.set(source)   # from pinned memory: synchronous
+                # asynchronous from pinned memory: the buffer is read
+                # after this returns; the next collective waits for it
+                staging.set(source)
+                self.pending_copies.started(xp.cuda.get_current_stream())
                 source = staging
             plan.unpack(source, outs[start:stop], run_divisors, start, stop)
         return outs

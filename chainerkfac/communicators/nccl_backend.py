@@ -1,10 +1,10 @@
 """The NCCL interface over ``cupy.cuda.nccl`` (GPU), and its preconditions.
 
 :func:`nccl_problem` says, in one line, why this process cannot use NCCL
-(CuPy missing, CuPy without NCCL, no CUDA device); :func:`gpu_of_rank`
-picks this rank's GPU from its node-local rank and refuses, on every rank
-and before NCCL is called, two ranks of one node on one GPU (which NCCL
-refuses, or hangs on). :class:`NcclBackend` is the thin adapter: arrays in,
+(CuPy missing, CuPy without NCCL, no CUDA device, a CUDA library CuPy cannot
+load); :func:`gpu_of_rank` picks this rank's GPU from its node-local rank
+and refuses, on every rank and before NCCL is called, two ranks of one node
+on one GPU (which NCCL refuses, or hangs on). :class:`NcclBackend` is the thin adapter: arrays in,
 pointers out, nothing else. It has not run on a GPU from this repository's
 machines (``tests/test_nccl_backend.py`` holds its ``gpu`` tests).
 """
@@ -22,21 +22,19 @@ def nccl_problem():
     """Why ``'pure_nccl'`` cannot run in this process, or None.
 
     Checked in order: CuPy imports; CuPy has NCCL
-    (``cupy.cuda.nccl.available``); a CUDA device is usable.
+    (``cupy.cuda.nccl.available``, else the loader's reason); a CUDA device
+    is usable; CuPy loads the other libraries K-FAC's GPU training calls
+    (cuBLAS, cuSOLVER, NVRTC:
+    :func:`chainerkfac.cuda.availability.library_problem`).
     """
     cupy, problem = availability.import_cupy()
     if problem:
         return problem
     version = getattr(cupy, '__version__', '?')
-    try:
-        from cupy.cuda import nccl
-        available = bool(getattr(nccl, 'available', False))
-    except Exception as e:
-        return 'CuPy {} has no NCCL module ({})'.format(version, availability.one_line(e))
-    if not available:
-        return ('CuPy {} has no NCCL (cupy.cuda.nccl.available is False: '
-                'install the nvidia-nccl-cu12 or -cu13 wheel matching its '
-                'CUDA)'.format(version))
+    problem = availability.library_problem(('nccl',), version)
+    if problem:
+        return problem + ('; install the nvidia-nccl-cu12 or -cu13 wheel '
+                          'matching its CUDA')
     try:
         if not cupy.is_available():
             return ('CuPy {} finds no usable CUDA device (no GPU, no driver, '
@@ -47,7 +45,8 @@ def nccl_problem():
             version, availability.one_line(e))
     if count < 1:  # pragma: no cover - is_available() says so first
         return 'CuPy {} sees no CUDA device'.format(version)
-    return None
+    return availability.library_problem(availability.TRAINING_LIBRARIES,
+                                        version)
 
 
 def agree(mpi_comm, problem, what):

@@ -157,6 +157,10 @@ def check_call(kind, size, rank, send=None, recv=None, buffer=None, op=None,
         if recv is not None:
             _vector('recv', recv, send.dtype)
         return
+    if recv is None:
+        raise ValueError('nccl: {} needs a recv buffer{}'.format(
+            kind, ' on its root (rank {})'.format(root) if kind == 'reduce'
+            else ''))
     _vector('recv', recv, send.dtype)
     n_send, n_recv = send.shape[0], recv.shape[0]
     expected = {'all_reduce': n_send, 'reduce': n_send,

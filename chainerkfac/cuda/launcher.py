@@ -9,8 +9,9 @@ for what a call must pass:
   int32, ``long long`` int64, ``unsigned long long`` uint64), with exactly the
   element count written after it as a comment, ``const float* x /* [4 * n]
   */``, an integer expression over the scalar parameters; ``/* [n] or null
-  */`` also accepts ``None`` (a null pointer). Arrays written by the kernel
-  (no ``const``) must be writeable;
+  */`` also accepts :data:`NULL`, the explicit null pointer. ``None`` is
+  refused everywhere (see :data:`NULL`). Arrays written by the kernel (no
+  ``const``) must be writeable;
 * a scalar parameter takes exactly the NumPy scalar type of its C type
   (``numpy.int32`` for ``int``, never a Python int: CuPy would pass that as
   64 bits);
@@ -61,6 +62,23 @@ C_TYPES = {
     'unsigned long long': (numpy.dtype(numpy.uint64), ctypes.c_ulonglong),
 }
 _INTEGER_TYPES = ('int', 'long long', 'unsigned long long')
+
+#: The null pointer argument of a kernel: 0 of the pointer-sized unsigned
+#: type, passed by value. ``None`` is no null pointer: CuPy 13.6 turns a
+#: ``None`` argument into a null entry of the kernel's parameter array, so
+#: the kernel reads its pointer from address 0 and gets garbage
+#: (cupy/cupy#9046, fixed in CuPy 14.0). A NumPy ``uint64`` scalar is
+#: passed as its 8 bytes by every CuPy: 13.6 (``cupy/cuda/function.pyx``,
+#: ``_pointer``: an 8-byte NumPy scalar becomes ``CInt64``) and 14.x
+#: (``_scalar.CScalar``). The emulated launch hands it to ctypes as 0, a
+#: null ``void*``.
+NULL = numpy.uintp(0)
+assert numpy.dtype(numpy.uintp).itemsize == ctypes.sizeof(ctypes.c_void_p)
+
+
+def is_null(value):
+    """Whether ``value`` is :data:`NULL` (a ``numpy.uintp`` 0)."""
+    return type(value) is numpy.uintp and int(value) == 0
 
 #: NVRTC options of the GPU build. No multiply-add contraction, so that a GPU
 #: run rounds like the emulation and the NumPy reference. (CuPy 14's RawModule
@@ -380,6 +398,48 @@ def cuda_include_dirs(with_cupy=True):
     return dirs
 
 
+def nvrtc_options():
+    """The options of the GPU build: :data:`NVRTC_OPTIONS` and ``-I`` for
+    each of :func:`cuda_include_dirs`.
+
+    Raises:
+        CudaIncludeError: no ``cuda_fp16.h``.
+    """
+    return NVRTC_OPTIONS + tuple(
+        '-I' + d for d in cuda_include_dirs(with_cupy=True))
+
+
+#: What every kernel here needs of NVRTC: ``cuda_fp16.h`` and ``__half``.
+PROBE_SOURCE = ('#include <cuda_fp16.h>\n'
+                'extern "C" __global__ void chainerkfac_probe(__half* x) '
+                '{ x[0] = __float2half(1.0f); }\n')
+
+
+def check_nvrtc(nvrtc):
+    """Compiles :data:`PROBE_SOURCE` with the GPU build's options through
+    ``nvrtc`` (CuPy's ``cupy_backends.cuda.libs.nvrtc``), as the first
+    kernel launch will; needs no device (about 0.1 s).
+
+    Raises:
+        CudaIncludeError: no ``cuda_fp16.h``.
+        RuntimeError: NVRTC failed; the message has the first line of its
+            log.
+    """
+    options = list(nvrtc_options())
+    program = nvrtc.createProgram(PROBE_SOURCE, 'chainerkfac_probe.cu', [],
+                                  [])
+    try:
+        try:
+            nvrtc.compileProgram(program, options)
+        except Exception as e:
+            log = (nvrtc.getProgramLog(program) or str(e)).strip()
+            raise RuntimeError('NVRTC cannot compile a kernel with {}: {}'
+                               .format(' '.join(options),
+                                       (log.splitlines() or [''])[0]))
+    finally:
+        nvrtc.destroyProgram(program)
+
+
 # --------------------------------------------------------------------------
 # Emulated build
 
@@ -529,7 +589,9 @@ def _type_name(value):
 
 
 def _launch_gpu(kernel, grid, block, args):
-    """The GPU launch: ``get_function(name)((grid,), (block,), args)``."""
+    """The GPU launch: ``get_function(name)((grid,), (block,), args)``
+    (checked arguments: arrays, NumPy scalars and :data:`NULL`, never
+    ``None``)."""
     kernel._gpu_function()((int(grid),), (int(block),), tuple(args))
 
 
@@ -558,8 +620,9 @@ class Kernel(object):
 
         Raises:
             TypeError: wrong argument count, scalar type, array type or
-                dtype, NumPy and CuPy arrays mixed, ``None`` where not
-                allowed.
+                dtype, NumPy and CuPy arrays mixed, ``None`` for a pointer
+                (always), :data:`NULL` where the annotation has no
+                ``or null``.
             ValueError: non-contiguous, read-only output, wrong element
                 count, array on another GPU, bad grid or block.
         """
@@ -592,14 +655,19 @@ class Kernel(object):
             if not p.pointer:
                 continue
             if value is None:
+                raise self._error(p, 'got None; an absent pointer is '
+                                     'launcher.NULL (CuPy 13.6 passes None '
+                                     'as garbage, not as a null pointer)')
+            if is_null(value):
                 if not p.nullable:
-                    raise self._error(p, 'got None, but the annotation does '
+                    raise self._error(p, 'got NULL, but the annotation does '
                                          'not allow null')
                 continue
             kind = _array_kind(value)
             if kind is None:
-                raise self._error(p, 'needs a NumPy or CuPy array, got {}'
-                                  .format(type(value).__name__))
+                raise self._error(p, 'needs a NumPy or CuPy array{}, got {}'
+                                  .format(' or launcher.NULL' if p.nullable
+                                          else '', _type_name(value)))
             kinds.add(kind)
             if value.dtype != p.dtype:
                 raise self._error(p, 'needs dtype {}, got {}'.format(
@@ -638,7 +706,9 @@ class Kernel(object):
         converted = []
         for p, value in zip(self.params, args):
             if p.pointer:
-                converted.append(None if value is None else value.ctypes.data)
+                # NULL: 0, which ctypes passes as a null void*
+                converted.append(int(value) if is_null(value)
+                                 else value.ctypes.data)
             else:
                 converted.append(value.item())
         function(int(grid), int(block), *converted)
@@ -703,10 +773,8 @@ class Module(object):
             key = (device, name)
             if key not in self._gpu_modules:
                 if device not in self._gpu_modules:
-                    options = NVRTC_OPTIONS + tuple(
-                        '-I' + d for d in cuda_include_dirs(with_cupy=True))
                     self._gpu_modules[device] = cupy.RawModule(
-                        code=self.source, options=options)
+                        code=self.source, options=nvrtc_options())
                 self._gpu_modules[key] = (
                     self._gpu_modules[device].get_function(name))
             return self._gpu_modules[key]

@@ -90,6 +90,12 @@ def _address(array):
     return array.data.ptr  # pragma: no cover - needs a GPU
 
 
+def _pointer(array):
+    """A kernel's optional pointer argument: ``array``, or
+    :data:`launcher.NULL` for None (never ``None``: see there)."""
+    return launcher.NULL if array is None else array
+
+
 def _check_float(op, what, array, dtypes=_FLOATS):
     if array.dtype not in dtypes:
         raise TypeError('{}: {} has dtype {}; expected one of {}'.format(
@@ -179,13 +185,14 @@ def _table(xp, arrays, symmetric, sizes):
 
 
 def pack_call(xp, arrays, symmetric, buffer, scales, sizes, grid=None):
-    """The launch of ``pack_<buffer dtype>`` (arguments already checked)."""
+    """The launch of ``pack_<buffer dtype>`` (arguments already checked;
+    ``scales`` None is passed as :data:`launcher.NULL`)."""
     arrays = [xp.ascontiguousarray(a) for a in arrays]
     total = sum(sizes)
     table = _table(xp, arrays, symmetric, sizes)
     kernel = launcher.kernel('pack', 'pack_' + _SUFFIX[buffer.dtype])
     args = (table, _int32('pack', 'the number of arrays', len(arrays)),
-            scales, buffer, numpy.int64(total))
+            _pointer(scales), buffer, numpy.int64(total))
     return KernelCall(kernel, grid_size(total, grid), BLOCK, args, total,
                       keep=arrays)
 
@@ -218,12 +225,14 @@ def pack(arrays, symmetric, buffer, scales=None, grid=None):
 
 
 def unpack_call(xp, buffer, outs, symmetric, divisors, sizes, grid=None):
-    """The launch of ``unpack_<buffer dtype>`` (arguments already checked)."""
+    """The launch of ``unpack_<buffer dtype>`` (arguments already checked;
+    ``divisors`` None is passed as :data:`launcher.NULL`)."""
     total = sum(sizes)
     table = _table(xp, outs, symmetric, sizes)
     kernel = launcher.kernel('pack', 'unpack_' + _SUFFIX[buffer.dtype])
     args = (buffer, numpy.int64(total), table,
-            _int32('unpack', 'the number of arrays', len(outs)), divisors)
+            _int32('unpack', 'the number of arrays', len(outs)),
+            _pointer(divisors))
     return KernelCall(kernel, grid_size(total, grid), BLOCK, args, total)
 
 

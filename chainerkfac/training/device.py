@@ -6,7 +6,8 @@ call :func:`select_gpu_or_exit`. Under MPI each rank takes its node-local device
 them can, so that a node with too few GPUs stops every rank instead of leaving the
 others waiting in a collective. When any rank cannot, rank 0 prints ONE line naming
 the first rank's problem (CuPy missing, no CUDA device, fewer devices than local
-ranks, or a CuPy that Chainer 7.8.1 cannot use) and every rank exits with status 2.
+ranks, a CUDA library that CuPy cannot load, or a CuPy that Chainer 7.8.1 cannot
+use) and every rank exits with status 2.
 
 cuDNN: Chainer 7.8.1 uses cuDNN only through ``cupy.cudnn``, which CuPy 14 no longer
 has; there convolutions run as im2col + cuBLAS and the cuDNN settings
@@ -42,7 +43,10 @@ def gpu_problem(n_devices=1):
     """Why this process cannot use ``n_devices`` GPUs of this node, or None.
 
     Checked in order: CuPy imports, ``cupy.is_available()``, the device count,
-    and whether Chainer's CUDA backend accepted that CuPy.
+    the CUDA libraries training calls (cuBLAS, cuSOLVER, NVRTC: see
+    :func:`chainerkfac.cuda.availability.library_problem`; CuPy 14 would
+    otherwise first miss one at the first inversion), and whether Chainer's
+    CUDA backend accepted that CuPy.
     """
     cupy, problem = availability.import_cupy()
     if problem:
@@ -60,6 +64,10 @@ def gpu_problem(n_devices=1):
     if count < n_devices:
         return ('{} processes on this node need one GPU each, but CuPy {} '
                 'sees {}'.format(n_devices, version, count))
+    problem = availability.library_problem(availability.TRAINING_LIBRARIES,
+                                           version)
+    if problem:
+        return problem
     from chainer.backends import cuda
     if not cuda.available:
         return 'Chainer {} cannot use CuPy {} ({})'.format(
