@@ -349,7 +349,7 @@ class DistributedKFAC(KFAC):
         """Stage 4: every rank adds the parameter steps of every owner, and
         learns each owner's schedule decisions (one value per statistic of
         its blocks, every step: the next interval of a refreshed statistic,
-        1 for an early refresh, 0 otherwise), so the schedule of the next
+        -1 for an early refresh, 0 otherwise), so the schedule of the next
         step is identical everywhere."""
         if not self._distributed:
             return decisions

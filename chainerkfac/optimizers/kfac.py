@@ -291,16 +291,20 @@ class KFAC(optimizer.GradientMethod):
         """Schedule keys of the statistics refreshed at this step."""
         return self._refreshed_keys
 
+    #: the decision value that makes a statistic due at the next step
+    CALL_EARLY = -1
+
     def _apply_schedule(self, decisions):
         """Records the schedule decisions of this step (every statistic's,
-        from its owner): a refreshed statistic's value is its next
-        interval; another's is 1 when it is called early, else 0."""
+        from its owner): a positive value is the next interval of a
+        statistic refreshed now, :attr:`CALL_EARLY` makes it due at the next
+        step (a refreshed one with interval 1), 0 leaves it as it is."""
         step = self.t
         refreshed = self.refreshed_keys()
         for key, value in decisions.items():
             if key in refreshed:
-                self.schedule.refreshed(key, step, value)
-            elif value:
+                self.schedule.refreshed(key, step, max(1, value))
+            if value == self.CALL_EARLY:
                 self.schedule.call_early(key, step)
 
     def _step_status(self):
@@ -336,9 +340,8 @@ class KFAC(optimizer.GradientMethod):
 
         Args:
             decisions (dict): schedule key -> integer, for every statistic
-                of the blocks this process owns: for a statistic refreshed
-                this step its next interval, for another 1 when it is
-                called early, else 0.
+                of the blocks this process owns (see
+                :meth:`_apply_schedule`).
 
         Returns:
             dict: the same for every statistic of the model.
@@ -469,12 +472,12 @@ class KFAC(optimizer.GradientMethod):
         self._early_refreshes = 0
         for block in self.owned_blocks:
             for key in block.schedule_keys.values():
-                if key in changes:
-                    decisions[key] = (1 if spike else schedule.new_interval(
-                        key, step, float(changes[key])))
-                elif spike:
-                    decisions[key] = 1
-                    self._early_refreshes += 1
+                if spike:
+                    decisions[key] = self.CALL_EARLY
+                    self._early_refreshes += key not in changes
+                elif key in changes:
+                    decisions[key] = schedule.new_interval(
+                        key, step, float(changes[key]))
                 else:
                     decisions[key] = 0
         return decisions
