@@ -86,6 +86,8 @@ from chainerkfac.training import allocator  # NOQA: E402
 
 DEFAULT_OUT = os.path.join(ROOT, 'benchmarks', 'results', 'fidelity')
 TARGETS = (0.88, 0.90)
+#: a test accuracy at or below this is chance level (10 classes): diverged
+CHANCE = 0.15
 REF_BATCH = 512
 METHOD_LABELS = {'sgd': 'momentum SGD', 'kfac': 'K-FAC every step',
                  'kfac_stale': 'K-FAC stale'}
@@ -214,6 +216,7 @@ def train_run(spec, data, log=print):
         return loss
 
     curve, refreshed, wall, diverged = [], [], 0.0, False
+    step_seconds, first_loss = [], None
     for step in range(total):
         lr = lr_at(step, total, peak, warmup)
         opt.lr = lr
@@ -234,15 +237,21 @@ def train_run(spec, data, log=print):
             losses.append(last_loss[0])
         if method == 'sgd':
             opt.update()
-        wall += time.perf_counter() - start
+        step_seconds.append(time.perf_counter() - start)
+        wall += step_seconds[-1]
         if method != 'sgd':
             blocks = opt.fisher_blocks
             refreshed.append(sum(len(b.due) for b in blocks) / sum(
                 len(b.statistic_names) for b in blocks))
-        if not numpy.isfinite(numpy.mean(losses)):
+        mean_loss = float(numpy.mean(losses))
+        first_loss = mean_loss if first_loss is None else first_loss
+        # diverged: a loss that is not finite or 10x the first one
+        if not numpy.isfinite(mean_loss) or mean_loss > 10 * first_loss:
             diverged = True
         if diverged or (step + 1) % every == 0 or step + 1 == total:
             acc = 0.1 if diverged else accuracy(model, xt, tt)
+            if acc <= CHANCE:        # at chance after training: as bad
+                diverged = True
             curve.append([step + 1, (step + 1) * batch / n, wall, acc])
             log('  {} B={} lr_ref={} damping={}: step {}/{} (epoch {:.2f}) '
                 'loss {:.4f} test acc {:.4f} train {:.0f} s{}'.format(
@@ -251,6 +260,8 @@ def train_run(spec, data, log=print):
                     acc, wall, ' DIVERGED' if diverged else ''))
         if diverged:
             break
+    stale_warmup = opt.schedule.warmup if method == 'kfac_stale' else 0
+    after = max(stale_warmup, warmup)
     record = dict(spec, key=run_key(spec), steps=total, acc_iters=acc_iters,
                   micro=micro, warmup_steps=warmup, peak_lr=peak,
                   curve=curve, final_acc=curve[-1][3], train_seconds=wall,
@@ -259,8 +270,12 @@ def train_run(spec, data, log=print):
                   refresh_fraction=(float(numpy.mean(refreshed))
                                     if refreshed else None),
                   refresh_fraction_after_warmup=(
-                      float(numpy.mean(refreshed[10:]))
-                      if len(refreshed) > 10 else None),
+                      float(numpy.mean(refreshed[stale_warmup:]))
+                      if len(refreshed) > stale_warmup else None),
+                  stale_warmup=stale_warmup,
+                  seconds_per_step_after_warmup=(
+                      float(numpy.mean(step_seconds[after:]))
+                      if len(step_seconds) > after else None),
                   finished=time.strftime('%Y-%m-%dT%H:%M:%S'),
                   host=platform.node())
     for target in TARGETS:
