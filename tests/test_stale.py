@@ -1,5 +1,7 @@
 """Stale-statistics and fixed-interval schedules, and the stale rule's
 measures (sampling noise, drift), each against an independent reference."""
+import math
+
 import chainer
 import chainer.functions as F
 import chainer.links as L
@@ -567,3 +569,36 @@ def test_loss_spike_calls_every_statistic_early(rng):
     opt.schedule.begin_step(opt.t + 1, opt.lr)
     for key in opt.schedule.interval:
         assert opt.schedule.is_due(key, opt.t + 1), key
+
+
+def test_a_partial_refresh_keeps_the_damping_product(rng):
+    """A refreshed alone is re-inverted with gamma / d_G, d_G being the
+    diagonal G's kept inverse was made with: d_A d_G stays gamma although
+    the traces (hence pi) moved; both refreshed: pi from the new traces."""
+    from chainerkfac import step_status
+    from chainerkfac.fisher_blocks.linear import LinearBlock
+    link = L.Linear(3, 2)
+    block = LinearBlock('/l', link)
+    a = rng.randn(4, 4)
+    g = rng.randn(2, 2)
+    block.ema = {'A': a @ a.T + numpy.eye(4), 'G': g @ g.T + numpy.eye(2)}
+    status = step_status.StepStatus(numpy, 1)
+    gamma = 1e-2
+    block.compute_inverses(gamma, 1.0, 'tracenorm', ['A', 'G'], status, 0)
+    d_a, d_g = float(block._diagonal['A']), float(block._diagonal['G'])
+    assert d_a * d_g == pytest.approx(gamma)
+    pi = math.sqrt((numpy.trace(block.ema['A']) / 4) /
+                   (numpy.trace(block.ema['G']) / 2))
+    assert d_a == pytest.approx(pi * math.sqrt(gamma))
+    g_inverse = block.inverse['G']
+    block.ema['A'] = 9 * block.ema['A']                  # tr A, pi: x9, x3
+    block.compute_inverses(gamma, 1.0, 'tracenorm', ['A'], status, 0)
+    assert block.inverse['G'] is g_inverse
+    assert float(block._diagonal['A']) * d_g == pytest.approx(gamma)
+    numpy.testing.assert_allclose(
+        block.inverse['A'],
+        numpy.linalg.inv(block.ema['A'] + gamma / d_g * numpy.eye(4)),
+        rtol=1e-10)
+    block.compute_inverses(gamma, 1.0, 'tracenorm', ['A', 'G'], status, 0)
+    assert float(block._diagonal['A']) == pytest.approx(3 * pi *
+                                                        math.sqrt(gamma))

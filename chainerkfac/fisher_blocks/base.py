@@ -343,7 +343,8 @@ class FisherBlock(object):
         self.inverse[name] = linalg.cholesky_inverse(
             linalg.add_diagonal(factor, diagonal), status.array, slot,
             overwrite=True)
-        self._diagonal[name] = diagonal
+        # kept in the factor's dtype, as a snapshot restores it
+        self._diagonal[name] = status.xp.asarray(diagonal, factor.dtype)
         status.flag_fallback_if(index, status.array[slot] != 0)
 
     def settle(self, statuses):
@@ -470,6 +471,26 @@ class FisherBlock(object):
                                         else self.link.device.send(value))
             noise = float(serializer(keys[2], -1.0))
             self.reference_noise[name] = None if noise < 0 else noise
+        self._serialize_diagonals(serializer, loading)
+
+    def _serialize_diagonals(self, serializer, loading):
+        """The diagonal each inverse was made with (-1: none), which a later
+        inversion of its partner factor keeps the damping product with."""
+        for name in self.statistic_names:
+            key = 'diagonal_' + name
+            if not loading:
+                value = self._diagonal.get(name)
+                serializer(key, -1.0 if value is None else float(value))
+                continue
+            try:
+                value = float(serializer(key, -1.0))
+            except KeyError:   # an older snapshot: the next pi is fresh
+                value = -1.0
+            if value < 0 or self.ema[name] is None:
+                self._diagonal.pop(name, None)
+            else:
+                self._diagonal[name] = self.link.xp.asarray(
+                    value, self.ema[name].dtype)
 
     def to_device(self, device):
         for table in (self.ema, self.inverse):

@@ -73,8 +73,26 @@ class KroneckerFactoredBlock(FisherBlock):
     def compute_inverses(self, damping, stab_coeff, pi_type, names, status,
                          index):
         """``(A + pi sqrt(gamma) I)^-1`` and ``(G + sqrt(gamma)/pi I)^-1``
-        for the factors in ``names``, with ``pi`` on the device."""
+        for the factors in ``names``, with ``pi`` on the device.
+
+        When only one factor is re-inverted (stale statistics) while the
+        other keeps its inverse, the new one gets the diagonal
+        ``gamma / d_other``, ``d_other`` being the diagonal the other was
+        inverted with: the two dampings keep the product ``gamma`` of
+        factored Tikhonov damping (a ``pi`` from the new traces would change
+        the product to ``gamma pi_new / pi_old``, i.e. change the damping
+        whenever the traces moved). ``pi`` is renewed when both are."""
         a, g = self.ema['A'], self.ema['G']
+        partner = {'A': 'G', 'G': 'A'}
+        if (len(names) == 1 and damping > 0 and
+                self.inverse[partner[names[0]]] is not None and
+                partner[names[0]] in self._diagonal):
+            name = names[0]
+            self._damped_cholesky_inverse(
+                name, self.ema[name], damping / self._diagonal[partner[name]],
+                status, index)
+            self._inverted = (name,)
+            return
         pi = linalg.pi_tracenorm(a, g) if pi_type == 'tracenorm' else 1.0
         root = math.sqrt(damping)
         for name, factor, diagonal in (('A', a, pi * root),
