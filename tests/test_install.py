@@ -170,3 +170,14 @@ def test_the_checked_entry_points_keep_their_signatures():
     init = chainerkfac.DistributedKFAC.__init__
     assert list(inspect.signature(init).parameters)[:3] == [
         'self', 'communicator', 'comm_dtype']
+
+
+def test_the_isolated_build_gets_a_setuptools_that_reads_the_license_table():
+    """``license = {text = ...}`` is what setuptools<70 (bootstrap.sh's
+    editable install) reads; setuptools 77 deprecates it, with builds failing
+    from 2027-02-18, so the isolated build (pip install ., the wheel leg) must
+    take a setuptools below 77."""
+    with open(os.path.join(ROOT, 'pyproject.toml'), 'rb') as f:
+        config = tomllib.load(f)
+    assert isinstance(config['project']['license'], dict)
+    assert config['build-system']['requires'] == ['setuptools>=61,<77']
