@@ -5,11 +5,13 @@
     mpiexec -n 2 python install_check.py with-mpi
 
 ``without-mpi`` (one process, mpi4py absent: a venv with only the package's
-required dependencies, or ``--hide-mpi4py``): ``import chainerkfac`` works;
-the package's CUDA sources were installed; single-process ``KFAC`` takes steps
-on a tiny model (Linear, BN, Linear); ``create_communicator('mpi')``,
-``DistributedKFAC(...)`` and ``chainerkfac.communicators.MpiCommunicator``
-stop with one line naming ``pip install 'chainerkfac[mpi]'``.
+required dependencies, or ``--hide-mpi4py``): ``import chainerkfac`` works
+and leaves Chainer's BatchNormalization alone (no float64 BN statistics until
+``use_float64_bn_statistics()``); the package's CUDA sources were installed;
+single-process ``KFAC`` takes steps on a tiny model (Linear, BN, Linear);
+``create_communicator('mpi')``, ``DistributedKFAC(...)`` and
+``chainerkfac.communicators.MpiCommunicator`` stop with one line naming
+``pip install 'chainerkfac[mpi]'``.
 
 ``with-mpi`` (under ``mpiexec -n 2``): ``DistributedKFAC`` over
 ``create_communicator('mpi')`` takes steps on the tiny model, each rank on its
@@ -94,6 +96,7 @@ def without_mpi(hide):
                              'venv without it (or --hide-mpi4py)')
 
     import chainerkfac
+    from chainerkfac import _compat
     import numpy
     print('chainerkfac {} from {}'.format(chainerkfac.__version__,
                                           os.path.dirname(chainerkfac.__file__)))
@@ -101,6 +104,8 @@ def without_mpi(hide):
     kernels = glob.glob(os.path.join(here, 'cuda', 'kernels', '*.cu'))
     assert kernels and os.path.exists(os.path.join(here, 'cuda', 'emulation.h')), \
         'the CUDA sources were not installed with the package'
+    assert not _compat.float64_bn_statistics_enabled(), \
+        'import chainerkfac switched on float64 BN statistics'
 
     numpy.random.seed(0)
     model = tiny_model()
