@@ -838,6 +838,7 @@ def run(args, comm, device=None):
 
 def main(argv=None):
     allocator.configure_allocator()  # reuse freed host memory (no-op on GPU)
+    chainerkfac.use_float64_bn_statistics()  # CPU BN batch sums in float64 (README)
     args = parse_args(argv)
     comm = chainerkfac.create_communicator('mpi')
     device = None

@@ -8,7 +8,8 @@ breakdown, minor page faults and system time per step. Three configurations:
 
 - ``before``: glibc's default allocator, Chainer's float32 BN reductions;
 - ``+alloc``: :func:`chainerkfac.training.allocator.configure_allocator`;
-- ``+alloc+BN``: that and float64 BN batch statistics (``_compat.py``, patch 5).
+- ``+alloc+BN``: that and float64 BN batch statistics
+  (``chainerkfac.use_float64_bn_statistics()``, ``_compat.py`` patch 5).
 
 The allocator setting cannot be undone inside a process, so each model runs in
 two child processes of this script: one with glibc's defaults
@@ -37,13 +38,12 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
-# chainerkfac before chainer: it makes Chainer 7.8.1 import on NumPy 2 and
-# installs the BN patch (chainerkfac/_compat.py)
+# chainerkfac before chainer: it makes Chainer 7.8.1 import on NumPy 2
+# (chainerkfac/_compat.py)
 import chainerkfac  # NOQA: E402
 from chainerkfac.training import allocator  # NOQA: E402
 import chainer  # NOQA: E402
 import numpy  # NOQA: E402
-from chainer.functions.normalization import batch_normalization as bn  # NOQA: E402
 from chainerkfac.profiling import STAGES  # NOQA: E402
 from models import resnet  # NOQA: E402
 from models import small_cnn  # NOQA: E402
@@ -57,23 +57,18 @@ MODELS = {
 #: the inversion stage of every-step K-FAC on ResNet-20 before LAPACK
 #: potrf/potri (README, ``step_time.py --steps 30``, default allocator)
 INVERSION_BEFORE_LAPACK = 0.70
-_BN_METHODS = ('get_mean_and_var', 'get_ggamma_and_gbeta')
 RESULT = 'RESULT '
 
 
 @contextlib.contextmanager
 def chainer_bn_patch(enabled):
-    """Chainer's BN with (True) or without (False) patch 5, for the block."""
-    impl = bn.GeneralBatchNormalizationImpl
-    saved = {a: impl.__dict__[a] for a in _BN_METHODS}
-    if not enabled:
-        for a in _BN_METHODS:
-            setattr(impl, a, saved[a].__wrapped__)
+    """Chainer's BN with (True) or without (False) float64 batch statistics
+    (``chainerkfac.use_float64_bn_statistics``), for the block."""
+    previous = chainerkfac.use_float64_bn_statistics(enabled)
     try:
         yield
     finally:
-        for a in _BN_METHODS:
-            setattr(impl, a, saved[a])
+        chainerkfac.use_float64_bn_statistics(previous)
 
 
 class MeasuredRunner(step_time.Runner):

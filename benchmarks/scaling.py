@@ -80,6 +80,7 @@ def worker(steps, batch):
     from chainerkfac.training import allocator
     import convergence
     allocator.configure_allocator()
+    chainerkfac.use_float64_bn_statistics()   # CPU BN batch sums in float64
     comm = chainerkfac.create_communicator('mpi')
     rank, size = comm.rank, comm.size
     x, t = load_fashion_mnist('train', limit=(steps + 1) * batch * size)

@@ -86,6 +86,7 @@ def main():
                         help='on GPU 0 (CuPy); stops with one line without')
     args = parser.parse_args()
     allocator.configure_allocator()   # reuse freed host memory (no-op on GPU)
+    chainerkfac.use_float64_bn_statistics()   # CPU BN batch sums in float64
     device = None
     if args.gpu:
         device = device_module.select_gpu_or_exit('stale_accuracy.py')

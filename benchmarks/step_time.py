@@ -180,6 +180,7 @@ def main(argv=None):
                         help='on GPU 0 (CuPy); stops with one line without')
     args = parser.parse_args(argv)
     allocator.configure_allocator()   # reuse freed host memory (no-op on GPU)
+    chainerkfac.use_float64_bn_statistics()   # CPU BN batch sums in float64
     device = None
     if args.gpu:
         device = device_module.select_gpu_or_exit('step_time.py')

@@ -6,6 +6,8 @@ from chainerkfac import communicators  # NOQA: E402
 from chainerkfac import fisher_blocks  # NOQA: E402
 from chainerkfac import linalg  # NOQA: E402
 from chainerkfac import optimizers  # NOQA: E402
+from chainerkfac._compat import use_float64_bn_statistics  # NOQA: E402
+from chainerkfac._optional import MissingDependency  # NOQA: E402
 from chainerkfac.communicators import create_communicator  # NOQA: E402
 from chainerkfac.optimizers import DistributedKFAC  # NOQA: E402
 from chainerkfac.optimizers import KFAC  # NOQA: E402

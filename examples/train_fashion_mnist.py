@@ -67,6 +67,7 @@ def make_optimizer(args):
 
 def main(argv=None):
     allocator.configure_allocator()   # reuse freed host memory (no-op on GPU)
+    chainerkfac.use_float64_bn_statistics()   # CPU BN batch sums in float64
     args = parse_args(argv)
     device = None
     if args.gpu:

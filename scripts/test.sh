@@ -11,6 +11,11 @@
 #            tests/test_compat.py; skipped, with a message naming the missing
 #            interpreter, where no Python 3.12 is found (CHAINERKFAC_PYTHON312
 #            names one); CHAINERKFAC_SKIP_PY312=1 leaves these legs out.
+#   clean install (scripts/wheel_check.sh, about a minute): the wheel built from
+#            pyproject.toml, installed into a fresh venv without mpi4py (import,
+#            a K-FAC step, the one-line error of create_communicator), then with
+#            the mpi extra (mpiexec -n 2, DistributedKFAC);
+#            CHAINERKFAC_SKIP_WHEEL=1 leaves this leg out.
 # Fails when a test fails, when a venv cannot be built, or when a pytest run ran
 # no test.
 set -euo pipefail
@@ -37,6 +42,11 @@ run_pytest .venv/bin/python "$@" || rc=$?
 if [ -s build/ptxas/summary.txt ]; then  # written by tests/test_cuda_compile.py
   echo "== ptxas: registers and spills per kernel (nvcc, sm_80/sm_90; reports in build/ptxas/) ==" >&2
   cat build/ptxas/summary.txt >&2
+fi
+
+if [ "${CHAINERKFAC_SKIP_WHEEL:-0}" != 1 ]; then
+  echo "== clean-install leg (scripts/wheel_check.sh: the wheel in a fresh venv, then its mpi extra) ==" >&2
+  bash scripts/wheel_check.sh || rc=1
 fi
 
 if [ "${CHAINERKFAC_SKIP_NUMPY2:-0}" != 1 ]; then

@@ -60,3 +60,13 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def rng():
     return numpy.random.RandomState(0)
+
+
+@pytest.fixture(autouse=True)
+def _bn_statistics_as_they_were():
+    """Entry points run in-process (``main()``) switch on float64 BN statistics
+    for the whole process; each test leaves the setting as it found it, so the
+    next one gets Chainer's own unless it asks (tests/test_bn_precision.py)."""
+    previous = chainerkfac._compat.float64_bn_statistics_enabled()
+    yield
+    chainerkfac.use_float64_bn_statistics(previous)

@@ -103,14 +103,17 @@ def _benchmark():
 
 def test_cpu_large_batch_switches_the_bn_patch_and_reports():
     bench = _benchmark()
+    from chainerkfac import _compat
     from chainer.functions.normalization import batch_normalization as bn
     impl = bn.GeneralBatchNormalizationImpl
-    patched = impl.get_mean_and_var
-    with bench.chainer_bn_patch(False):
-        assert impl.get_mean_and_var is patched.__wrapped__
-    assert impl.get_mean_and_var is patched
+    own = impl.get_mean_and_var
+    assert not _compat.float64_bn_statistics_enabled()
     with bench.chainer_bn_patch(True):
-        assert impl.get_mean_and_var is patched
+        assert impl.get_mean_and_var.__wrapped__ is own
+        with bench.chainer_bn_patch(False):
+            assert impl.get_mean_and_var is own
+        assert impl.get_mean_and_var.__wrapped__ is own
+    assert impl.get_mean_and_var is own
 
     def row(method, bn_patch, seconds, inversion=0.0):
         stages = dict.fromkeys(bench.STAGES, 0.0)

@@ -1,6 +1,8 @@
 """Batch reductions at batch 32768 on the CPU, against float64.
 
-Chainer's BatchNormalization (patch 5 in ``chainerkfac/_compat.py``) and every
+Chainer's BatchNormalization (patch 5 in ``chainerkfac/_compat.py``: only after
+``chainerkfac.use_float64_bn_statistics()``; Chainer's own float32 sums after a
+plain ``import chainerkfac``) and every
 reduction our Fisher blocks make over the N (x T) rows of a batch: the forward mean
 and variance, the backward pass's sums, ``input_second_moment``,
 ``output_second_moment`` and BN's ``per_example_gradients`` with the three BN
@@ -8,12 +10,17 @@ Fisher shapes. The arrays are small in every dimension but the batch, and the
 convolution outputs are Chainer's own (channels rolled to axis 1, not C-contiguous:
 the layout whose float32 reductions lose accuracy).
 """
+import json
+import os
+import subprocess
+import sys
+import textwrap
 import types
 
 import numpy
 import pytest
 
-import chainerkfac  # noqa: F401  (before chainer)
+import chainerkfac  # (before chainer)
 from chainerkfac import _compat
 from chainerkfac import fisher_blocks
 from chainerkfac.fisher_blocks import batch_normalization as bn_block
@@ -29,6 +36,15 @@ N = 32768
 TOL = 1e-5
 EPS = 2e-5
 AXIS = (0, 2, 3)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def float64_bn():
+    """Float64 BN statistics for the test (as the entry points ask for them)."""
+    previous = chainerkfac.use_float64_bn_statistics()
+    yield
+    chainerkfac.use_float64_bn_statistics(previous)
 
 
 def _rel(got, ref):
@@ -85,7 +101,86 @@ def _gy(shape, seed=1, rolled=True):
     return gy if rolled else numpy.ascontiguousarray(gy)
 
 
-def test_patch_applied_and_idempotent():
+# What `import chainerkfac` (and the modules the entry points import) leaves:
+# Chainer's own methods, and a BN whose batch mean is Chainer's float32 one.
+PLAIN_IMPORT = textwrap.dedent('''
+    import json
+    import numpy
+    import chainerkfac, chainerkfac.training, chainerkfac.datasets
+    from chainerkfac.training import example_support, allocator
+    import chainer.links as L
+    from chainer.functions.normalization import batch_normalization as bn
+    impl = bn.GeneralBatchNormalizationImpl
+    own = [not hasattr(vars(impl)[a], '__wrapped__')
+           and vars(impl)[a].__module__ == bn.__name__
+           for a in ('get_mean_and_var', 'get_ggamma_and_gbeta')]
+    rs = numpy.random.RandomState(0)
+    conv = L.Convolution2D(1, 3, 3, pad=1,
+                           initialW=rs.randn(3, 1, 3, 3).astype(numpy.float32),
+                           initial_bias=numpy.array([1.5, -2.0, 0.7], numpy.float32))
+    x = conv((rs.rand(%d, 1, 6, 6) * 2).astype(numpy.float32)).array
+    layer = L.BatchNormalization(3, decay=0.0)
+    layer(x)
+    axis = (0, 2, 3)
+    m = x.size // 3
+    var64 = x.astype(numpy.float64).var(axis) * m / (m - 1)
+    print(json.dumps(dict(
+        own=own, enabled=chainerkfac._compat.float64_bn_statistics_enabled(),
+        chainer_mean=bool(numpy.array_equal(
+            layer.avg_mean, x.mean(axis=axis, dtype=numpy.float32))),
+        var_error=float(numpy.max(numpy.abs(layer.avg_var - var64) / var64)))))
+''' % N)
+
+
+def test_import_leaves_chainer_batch_normalization_alone():
+    """A fresh process: after ``import chainerkfac`` a plain Chainer model's BN
+    statistics are Chainer's own float32 sums (off from float64 at this
+    batch), from Chainer's own methods."""
+    proc = subprocess.run([sys.executable, '-c', PLAIN_IMPORT], cwd=ROOT,
+                          env=dict(os.environ, PYTHONPATH=ROOT),
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    got = json.loads(proc.stdout.splitlines()[-1])
+    assert got['own'] == [True, True] and not got['enabled']
+    assert got['chainer_mean']
+    assert got['var_error'] > 10 * TOL
+
+
+def _bn_statistics(x):
+    """(running mean, running variance) of a fresh BN link after one training
+    forward pass over `x` (decay 0: the batch's own statistics)."""
+    layer = L.BatchNormalization(x.shape[1], decay=0.0)
+    layer(x)
+    return layer.avg_mean, layer.avg_var
+
+
+def test_use_float64_bn_statistics_switches_and_restores(conv_output):
+    x = conv_output[-1]
+    m = x.size // x.shape[1]
+    chainer_mean = x.mean(axis=AXIS, dtype=numpy.float32)
+    var64 = x.astype(numpy.float64).var(AXIS) * m / (m - 1)
+    impl = bn.GeneralBatchNormalizationImpl
+    own = {a: vars(impl)[a] for a in _compat._BN_METHODS}
+    assert not _compat.float64_bn_statistics_enabled()
+    mean, var = _bn_statistics(x)
+    assert numpy.array_equal(mean, chainer_mean) and _rel(var, var64) > 10 * TOL
+
+    assert chainerkfac.use_float64_bn_statistics() is False
+    assert _compat.float64_bn_statistics_enabled()
+    mean, var = _bn_statistics(x)
+    assert _rel(mean, x.astype(numpy.float64).mean(AXIS)) < TOL
+    assert _rel(var, var64) < TOL
+    assert chainerkfac.use_float64_bn_statistics() is True   # idempotent
+    assert all(vars(impl)[a].__wrapped__ is own[a] for a in own)
+
+    assert chainerkfac.use_float64_bn_statistics(False) is True
+    assert {a: vars(impl)[a] for a in own} == own   # Chainer's own objects
+    mean, var = _bn_statistics(x)
+    assert numpy.array_equal(mean, chainer_mean) and _rel(var, var64) > 10 * TOL
+    assert chainerkfac.use_float64_bn_statistics(False) is False
+
+
+def test_patch_idempotent(float64_bn):
     impl = bn.GeneralBatchNormalizationImpl
     for attr in ('get_mean_and_var', 'get_ggamma_and_gbeta'):
         assert getattr(getattr(impl, attr), _compat._PATCHED)
@@ -94,7 +189,7 @@ def test_patch_applied_and_idempotent():
     assert _compat.patch_batch_normalization(bn) == []
 
 
-def test_unpatched_float32_is_off_at_this_batch(conv_output):
+def test_unpatched_float32_is_off_at_this_batch(conv_output, float64_bn):
     """The data exercises the failure the patch removes."""
     x = conv_output[-1]
     x64 = x.astype(numpy.float64)
@@ -104,7 +199,8 @@ def test_unpatched_float32_is_off_at_this_batch(conv_output):
 
 
 @pytest.mark.parametrize('rolled', [True, False])
-def test_batch_normalization_forward_and_backward(conv_output, rolled):
+def test_batch_normalization_forward_and_backward(conv_output, rolled,
+                                                  float64_bn):
     x = conv_output[-1]
     c = x.shape[1]
     rs = numpy.random.RandomState(2)
@@ -225,3 +321,32 @@ def test_batch_normalization_block_statistics(conv_output, mode):
         assert _scaled(got, unit) < TOL
     else:
         assert _rel(got, numpy.diagonal(full)) < TOL
+
+
+def _function_source(path, name):
+    with open(os.path.join(ROOT, path)) as f:
+        source = f.read()
+    start = source.index('\ndef {}('.format(name))
+    ends = [i for i in (source.find('\ndef ', start + 1),
+                        source.find('\nclass ', start + 1)) if i > 0]
+    return source[start:min(ends) if ends else None]
+
+
+@pytest.mark.parametrize('path, function, call', [
+    ('train_imagenet.py', 'main', 'chainerkfac.use_float64_bn_statistics()'),
+    ('examples/train_fashion_mnist.py', 'main',
+     'chainerkfac.use_float64_bn_statistics()'),
+    ('chainerkfac/training/example_support.py', 'setup_processes',
+     'chainerkfac.use_float64_bn_statistics()'),
+    ('examples/mnist/train.py', 'main', 'support.setup_processes('),
+    ('examples/cifar10/train.py', 'main', 'support.setup_processes('),
+    ('benchmarks/step_time.py', 'main', 'chainerkfac.use_float64_bn_statistics()'),
+    ('benchmarks/stale_accuracy.py', 'main',
+     'chainerkfac.use_float64_bn_statistics()'),
+    ('benchmarks/scaling.py', 'worker', 'chainerkfac.use_float64_bn_statistics()'),
+])
+def test_entry_points_ask_for_float64_bn_statistics(path, function, call):
+    """What import used to do for every model, the entry points that train
+    on the CPU now ask for (the mnist/cifar10 examples through
+    example_support.setup_processes)."""
+    assert call in _function_source(path, function)

@@ -37,3 +37,25 @@ def test_a_passing_selection_passes(tmp_path):
     passing.write_text('def test_passes():\n    assert 1 == 1\n')
     result = run_test_sh(str(passing))
     assert result.returncode == 0, result.stdout
+
+
+def _read(path):
+    with open(os.path.join(ROOT, path)) as f:
+        return f.read()
+
+
+def test_ci_runs_the_clean_install_leg():
+    """test.sh without arguments (CI) runs scripts/wheel_check.sh, which checks
+    the installed wheel without mpi4py before it installs the mpi extra, and
+    then runs mpiexec -n 2 on it."""
+    test_sh = _read('scripts/test.sh')
+    assert 'bash scripts/wheel_check.sh' in test_sh[test_sh.index(
+        '[ "$#" -eq 0 ] || exit'):]
+    leg = _read('scripts/wheel_check.sh')
+    without = leg.index('install_check.py" without-mpi')
+    extra = leg.index('"$wheel[mpi]"')
+    with_mpi = leg.index('mpiexec" -n 2 "$venv_python" '
+                         '"$root/scripts/install_check.py" with-mpi')
+    assert without < extra < with_mpi
+    assert subprocess.run(['bash', '-n', os.path.join(
+        ROOT, 'scripts', 'wheel_check.sh')]).returncode == 0

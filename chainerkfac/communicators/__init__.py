@@ -1,12 +1,20 @@
 """Communicators: ChainerMN MPI communicators with K-FAC's packed collectives."""
-from chainerkfac.communicators.base import CommunicatorUnavailable  # NOQA
-from chainerkfac.communicators.mpi_communicator import MpiCommunicator  # NOQA
-from chainerkfac.communicators.nccl_communicator import PureNcclCommunicator  # NOQA
+from chainerkfac import _optional
+try:  # mpi4py: the [mpi] extra; without it these names say what to install
+    from chainerkfac.communicators.base import CommunicatorUnavailable  # NOQA
+    from chainerkfac.communicators.mpi_communicator import MpiCommunicator  # NOQA
+    from chainerkfac.communicators.nccl_communicator import PureNcclCommunicator  # NOQA
+except ImportError as e:
+    _optional.reraise_unless_mpi4py_missing(e)
+    __getattr__ = _optional.attributes_needing_mpi4py(
+        __name__, 'CommunicatorUnavailable', 'MpiCommunicator',
+        'PureNcclCommunicator')
 from chainerkfac.communicators.packing import PackingPlan  # NOQA
 
 COMMUNICATOR_NAMES = ('mpi', 'pure_nccl')
 
 
+@_optional.needs_mpi4py('create_communicator')
 def create_communicator(name='mpi', mpi_comm=None, abort_on_exception=True,
                         **options):
     """Creates a communicator for :class:`~chainerkfac.optimizers.DistributedKFAC`.

@@ -4,10 +4,14 @@ import hashlib
 import chainer
 import chainer.links as L
 import numpy
-from mpi4py import MPI
 
+from chainerkfac import _optional
 from chainerkfac import assignment as assignment_module
-from chainerkfac.communicators.mpi_communicator import comm_dtype_of
+try:  # mpi4py: the [mpi] extra; without it DistributedKFAC() says what to install
+    from mpi4py import MPI
+    from chainerkfac.communicators.mpi_communicator import comm_dtype_of
+except ImportError as e:
+    _optional.reraise_unless_mpi4py_missing(e)
 from chainerkfac.fisher_blocks.base import compute_dtype
 from chainerkfac.optimizers.kfac import KFAC
 
@@ -82,6 +86,7 @@ class DistributedKFAC(KFAC):
         **kwargs: the hyper-parameters of :class:`KFAC`.
     """
 
+    @_optional.needs_mpi4py('DistributedKFAC')
     def __init__(self, communicator, comm_dtype='float32',
                  assignment='balanced', communicate_after_forward=False,
                  **kwargs):

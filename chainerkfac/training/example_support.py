@@ -55,7 +55,10 @@ def agreed_error(comm, error):
 
 def setup_processes(prog, args):
     """``(comm, device)``: the communicator (None without ``--distributed``)
-    and this process's GPU (None with ``--no_cuda``)."""
+    and this process's GPU (None with ``--no_cuda``). Also switches on float64
+    sums of BatchNormalization's batch statistics on the CPU
+    (:func:`chainerkfac.use_float64_bn_statistics`), as every entry point does."""
+    chainerkfac.use_float64_bn_statistics()
     comm = chainerkfac.create_communicator('mpi') if args.distributed \
         else None
     device = None
