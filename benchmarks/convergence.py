@@ -724,6 +724,7 @@ def _load_data(train_limit, test_limit):
 def _init_worker(train_limit, test_limit):
     global _WORKER_DATA
     allocator.configure_allocator()
+    chainerkfac.use_float64_bn_statistics()   # as in the first study
     _WORKER_DATA = _load_data(train_limit, test_limit)
 
 
@@ -786,6 +787,7 @@ class _Pool(object):
 def main(argv=None):
     args = parse(argv)
     allocator.configure_allocator()   # reuse freed host memory
+    chainerkfac.use_float64_bn_statistics()   # as in the first study
     batch_sizes = [int(b) for b in args.batch_sizes.split(',')]
     os.makedirs(args.out, exist_ok=True)
     records = load_records(os.path.join(args.out, 'runs.jsonl'))

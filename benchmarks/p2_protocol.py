@@ -230,6 +230,7 @@ _DATA = None
 def _init_worker(train_limit, test_limit):
     global _DATA
     allocator.configure_allocator()
+    chainerkfac.use_float64_bn_statistics()   # as in the first study
     _DATA = load_data(train_limit, test_limit)
 
 
@@ -278,6 +279,7 @@ def parse(argv=None):
 def main(argv=None):
     args = parse(argv)
     allocator.configure_allocator()
+    chainerkfac.use_float64_bn_statistics()   # as in the first study
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, 'runs.jsonl')
     records = load_records(path)

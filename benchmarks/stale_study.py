@@ -38,6 +38,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
 
 import convergence  # NOQA: E402  (imports chainerkfac before chainer)
+import chainerkfac  # NOQA: E402
 import numpy  # NOQA: E402
 from chainerkfac.training import allocator  # NOQA: E402
 
@@ -267,6 +268,7 @@ def parse(argv=None):
 def main(argv=None):
     args = parse(argv)
     allocator.configure_allocator()
+    chainerkfac.use_float64_bn_statistics()   # as in the first study
     os.makedirs(args.out, exist_ok=True)
     records = convergence.load_records(os.path.join(args.out, 'runs.jsonl'))
     runs = [s for s in plan(args.preset, args.groups, not args.no_sgd)
