@@ -62,6 +62,7 @@ from chainer import serializers
 from chainer import training
 from chainer.training import extensions
 
+from chainerkfac import threads as kfac_threads
 from chainerkfac.datasets import image_list
 from chainerkfac.datasets.augment import BatchAugmenter
 from chainerkfac.datasets.augment import RandomStateExtension
@@ -839,6 +840,7 @@ def run(args, comm, device=None):
 def main(argv=None):
     allocator.configure_allocator()  # reuse freed host memory (no-op on GPU)
     args = parse_args(argv)
+    kfac_threads.log_to_stderr()  # create_communicator's BLAS-threads line
     comm = chainerkfac.create_communicator('mpi')
     device = None
     if args.gpu:

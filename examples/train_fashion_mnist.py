@@ -27,6 +27,7 @@ import numpy  # NOQA: E402
 from chainer import training  # NOQA: E402
 from chainer.training import extensions  # NOQA: E402
 
+from chainerkfac import threads  # NOQA: E402
 from chainerkfac.datasets import get_fashion_mnist  # NOQA: E402
 from chainerkfac.training import allocator  # NOQA: E402
 from chainerkfac.training import device as device_module  # NOQA: E402
@@ -68,6 +69,8 @@ def make_optimizer(args):
 def main(argv=None):
     allocator.configure_allocator()   # reuse freed host memory (no-op on GPU)
     args = parse_args(argv)
+    threads.log_to_stderr()
+    chainerkfac.configure_threads()   # its share of the cores (one line)
     device = None
     if args.gpu:
         device = device_module.select_gpu_or_exit('train_fashion_mnist.py')

@@ -16,6 +16,7 @@ from chainer import training
 from chainer.training import extensions
 
 import chainerkfac
+from chainerkfac import threads
 from chainerkfac.communicators import CommunicatorUnavailable
 from chainerkfac.training import checkpoint
 from chainerkfac.training import device as device_module
@@ -55,9 +56,15 @@ def agreed_error(comm, error):
 
 def setup_processes(prog, args):
     """``(comm, device)``: the communicator (None without ``--distributed``)
-    and this process's GPU (None with ``--no_cuda``)."""
-    comm = chainerkfac.create_communicator('mpi') if args.distributed \
-        else None
+    and this process's GPU (None with ``--no_cuda``). Sets the BLAS threads
+    (:mod:`chainerkfac.threads`: the communicator does it with
+    ``--distributed``), saying so in one line on stderr."""
+    threads.log_to_stderr()
+    if args.distributed:
+        comm = chainerkfac.create_communicator('mpi')
+    else:
+        comm = None
+        chainerkfac.configure_threads()
     device = None
     if not args.no_cuda:
         device = device_module.select_gpu_or_exit(
