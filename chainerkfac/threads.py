@@ -19,23 +19,24 @@ about 2**28 cycles, 0.1 s) instead of sleeping; the caller busy-waits for its
 workers too. So every call hands work between threads, and when a core has more
 runnable threads than it can run at once, each hand-over waits for a scheduler
 time slice (milliseconds) instead of microseconds. Measured on the 2-core
-development machine (small CNN, batch 32 per process, ``benchmarks/threads.py``,
-``benchmarks/results/threads_*.md``):
+development machine, while another job kept both cores busy (small CNN, batch 32 per
+process, stale K-FAC; ``benchmarks/threads.py``, ``benchmarks/results/threads_*.md``,
+and timings of single calls):
 
-- ``mpiexec -n 2`` with the default, 2 threads per library in each process: 2 x 3
-  busy threads on 2 cores; a step takes 10-20x longer than with 1 thread.
-- One process, 2 threads per library: 3 busy threads (the main thread and one
-  worker per library) on 2 cores. While only this process ran (its scheduling
-  group given priority over the machine's other job) a step took 2.3-2.7x longer
-  than with 1 thread, and 1.2x when only *one* of the two libraries had 2 threads:
-  the two pools together oversubscribe the cores even when nothing else runs.
-  With another job on the machine, 4-11x; six 9x9-72x72 Cholesky inverses
-  (SciPy) took 14 ms instead of 0.055 ms, the caller and its worker each spending
-  two thirds of the time waiting for a core. Work that is not BLAS (element-wise
-  NumPy) was not slowed. With ``OPENBLAS_THREAD_TIMEOUT=4`` (workers sleep at
-  once; an environment variable read only when OpenBLAS loads, so not settable
-  here) 2 threads were as fast as 1: the busy-waiting, not the second thread,
-  is the cost.
+- ``mpiexec -n 2`` with the default, 2 threads per library in each process (2 x 3
+  busy threads on 2 cores): steps 4-10x longer than with 1 thread, the more the
+  less CPU the other job took (issue 21 measured 14x and 21x).
+- One process, 2 threads per library (the main thread and one worker per library: 3
+  busy threads on 2 cores): 1.6-2.0x longer in the benchmark, up to 11x in other
+  runs; six 9x9-72x72 Cholesky inverses (SciPy) took 14 ms instead of 0.055 ms, the
+  caller and its worker each waiting for a core two thirds of the time. With this
+  process's scheduling group given priority over the other job (nearly alone on
+  the machine) 2.3-2.7x longer, and still 1.2x when only *one* of the two libraries had 2
+  threads: the two pools together oversubscribe the cores even when nothing else
+  runs. Element-wise NumPy work between the calls was not slowed. With
+  ``OPENBLAS_THREAD_TIMEOUT=4`` (workers sleep at once; read only when OpenBLAS
+  loads, so it cannot be set from here) a step with 2 threads took as long as with 1
+  (0.0073 against 0.0071 s): the busy-waiting costs, not the second thread.
 
 **The default** (:func:`default_threads`): a process's share of the node's cores is
 ``cores // local processes`` (at least 1), and the BLAS threads of all its pools
