@@ -6,6 +6,7 @@ import glob
 import json
 import logging
 import os
+import re
 import sys
 
 import pytest
@@ -268,3 +269,42 @@ def test_two_ranks_take_an_explicit_count(tmp_path):
     for r in run_ranks(tmp_path, {}, 3):    # OMP_NUM_THREADS=1 is set
         assert {p['num_threads'] for p in r['pools']} == {3}
         assert r['setting']['source'] == 'argument'
+
+
+
+def test_threads_benchmark_runs_every_configuration(tmp_path):
+    """benchmarks/threads.py end to end on a few steps: every configuration
+    runs and reports its pools' threads and a time (no time is judged)."""
+    import importlib.util
+    script = os.path.join(os.path.dirname(HERE), 'benchmarks', 'threads.py')
+    spec = importlib.util.spec_from_file_location('threads_benchmark', script)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    out = tmp_path / 'report.md'
+    result = run_command([sys.executable, '-W', 'ignore', script, '--steps', '3',
+                          '--warmup', '1', '--repeats', '1', '--out', str(out),
+                          '--timeout', '120'], 300)
+    assert result.returncode == 0, result.stdout
+    report = out.read_text()
+    rows = [line.split(' | ') for line in report.splitlines()
+            if line.startswith('| ')][1:]
+    expected = benchmark.configurations(len(os.sched_getaffinity(0)))
+    assert [cells[0][2:] for cells in rows] == [label for label, _, _ in expected]
+    for cells, (_, _, threads) in zip(rows, expected):
+        if threads != 'auto':
+            assert cells[1] == str(threads)     # every pool ran with that count
+        assert re.fullmatch(r'\d+\.\d{4}', cells[3]), cells   # a median s/step
+    assert '- 2 ranks: default / configured = ' in report
+    assert '- 1 process: configured / better of 1 and 2 threads' in report
+
+
+def test_benchmark_configurations():
+    import importlib.util
+    script = os.path.join(os.path.dirname(HERE), 'benchmarks', 'threads.py')
+    spec = importlib.util.spec_from_file_location('threads_benchmark', script)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    two = [(ranks, threads) for _, ranks, threads in benchmark.configurations(2)]
+    assert two == [(1, 2), (1, 1), (1, 'auto'), (2, 2), (2, 'auto')]
+    four = [(ranks, threads) for _, ranks, threads in benchmark.configurations(4)]
+    assert four == [(1, 4), (1, 1), (1, 2), (1, 'auto'), (2, 4), (2, 'auto')]
