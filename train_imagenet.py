@@ -840,7 +840,6 @@ def run(args, comm, device=None):
 def main(argv=None):
     allocator.configure_allocator()  # reuse freed host memory (no-op on GPU)
     args = parse_args(argv)
-    kfac_threads.log_to_stderr()  # create_communicator's BLAS-threads line
     comm = chainerkfac.create_communicator('mpi')
     device = None
     if args.gpu:
@@ -849,6 +848,7 @@ def main(argv=None):
         if comm.rank == 0:
             print('rank 0 of {}: {} (every rank: its node-local GPU)'.format(
                 comm.size, device_module.describe(device)), flush=True)
+    kfac_threads.log_to_stderr()  # create_communicator's BLAS-threads line
     try:
         return run(args, comm, device)
     except (AgreedUsageError, checkpoint.CheckpointError) as e:

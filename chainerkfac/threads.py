@@ -59,7 +59,8 @@ one.
 **The user's choice wins**: when any of :data:`USER_VARIABLES` is set (non-empty)
 nothing is changed. It says so once per process in the log (logger
 ``chainerkfac.threads``, INFO, one line; under MPI rank 0 at INFO and the others at
-DEBUG); :func:`log_to_stderr` shows it on stderr, as the scripts here do.
+DEBUG); :func:`log_to_stderr` shows it on stderr, as the scripts here do once
+their devices are settled.
 """
 import collections
 import logging
@@ -88,6 +89,8 @@ ThreadSetting = collections.namedtuple(
     'ThreadSetting', 'threads source local_ranks cores pools message')
 
 _setting = None
+_rank_zero = True       # whether this process logged _setting at INFO
+_shown = False          # whether _setting's line went to log_to_stderr's handler
 
 
 def default_threads(cores, local_ranks=1, pools=1):
@@ -218,8 +221,19 @@ def _s(n):
     return '' if n == 1 else 's'
 
 
+def _stderr_handler():
+    for handler in logger.handlers:
+        if getattr(handler, '_chainerkfac_stderr', False):
+            return handler
+    return None
+
+
 def _announce(message, is_rank_zero):
+    """Logs the new setting's line (INFO on rank 0, DEBUG elsewhere)."""
+    global _rank_zero, _shown
+    _rank_zero = is_rank_zero
     logger.log(logging.INFO if is_rank_zero else logging.DEBUG, '%s', message)
+    _shown = _stderr_handler() is not None
 
 
 def _checked(threads):
@@ -298,16 +312,22 @@ def configure_threads(threads='auto', comm=None):
 
 
 def log_to_stderr():
-    """Shows this module's line (INFO) on stderr, once per process: what
-    entry-point scripts call before :func:`configure_threads` or
-    ``create_communicator``. Idempotent; returns the handler."""
-    for handler in logger.handlers:
-        if getattr(handler, '_chainerkfac_stderr', False):
-            return handler
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter('%(message)s'))
-    handler._chainerkfac_stderr = True
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
+    """Shows this module's line (INFO) on stderr, once per process: the
+    setting already made, if any (written now), and any later one. What
+    entry-point scripts call once their devices are settled, so that an error
+    before it stays their only line. Idempotent; returns the handler."""
+    global _shown
+    handler = _stderr_handler()
+    if handler is None:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter('%(message)s'))
+        handler._chainerkfac_stderr = True
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    if _setting is not None and not _shown:
+        _shown = True
+        if _rank_zero:
+            handler.stream.write(_setting.message + '\n')
+            handler.flush()
     return handler

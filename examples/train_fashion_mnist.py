@@ -69,12 +69,12 @@ def make_optimizer(args):
 def main(argv=None):
     allocator.configure_allocator()   # reuse freed host memory (no-op on GPU)
     args = parse_args(argv)
-    threads.log_to_stderr()
-    chainerkfac.configure_threads()   # its share of the cores (one line)
     device = None
     if args.gpu:
         device = device_module.select_gpu_or_exit('train_fashion_mnist.py')
         print(device_module.describe(device), flush=True)
+    chainerkfac.configure_threads()   # its share of the cores
+    threads.log_to_stderr()           # ... saying so in one line
     numpy.random.seed(args.seed)
     train = get_fashion_mnist('train', limit=args.train_limit)
     test = get_fashion_mnist('test', limit=args.test_limit)

@@ -32,6 +32,8 @@ def clean(monkeypatch):
                  + threads.RANK_VARIABLES):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(threads, '_setting', None)
+    monkeypatch.setattr(threads, '_shown', False)
+    monkeypatch.setattr(threads, '_rank_zero', True)
     logger = threads.logger
     saved_logger = (list(logger.handlers), logger.level, logger.propagate)
     controller = threadpoolctl.ThreadpoolController()
@@ -171,12 +173,27 @@ def test_missing_threadpoolctl_is_one_line(clean):
 
 
 def test_log_to_stderr_shows_the_line_once(clean, capsys):
+    clean.setenv('OMP_NUM_THREADS', '1')
+    threads.configure_threads()          # before: written when it is called
+    assert capsys.readouterr().err == ''
     handler = threads.log_to_stderr()
     assert threads.log_to_stderr() is handler
+    threads.configure_threads()          # the same setting: nothing more
+    assert capsys.readouterr().err == (
+        'chainerkfac: BLAS threads left as set by OMP_NUM_THREADS=1\n')
+    threads.configure_threads(2)         # a new setting: its line, once
+    assert capsys.readouterr().err == (
+        'chainerkfac: BLAS threads set to 2 (blas_threads=2)\n')
+    threads.log_to_stderr()
+    assert capsys.readouterr().err == ''
+
+
+def test_log_to_stderr_is_silent_on_other_ranks(clean, capsys):
     clean.setenv('OMP_NUM_THREADS', '1')
+    clean.setenv('PMI_RANK', '1')
     threads.configure_threads()
-    err = capsys.readouterr().err
-    assert err == 'chainerkfac: BLAS threads left as set by OMP_NUM_THREADS=1\n'
+    threads.log_to_stderr()
+    assert capsys.readouterr().err == ''
 
 
 def write(path, text):

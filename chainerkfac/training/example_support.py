@@ -58,8 +58,8 @@ def setup_processes(prog, args):
     """``(comm, device)``: the communicator (None without ``--distributed``)
     and this process's GPU (None with ``--no_cuda``). Sets the BLAS threads
     (:mod:`chainerkfac.threads`: the communicator does it with
-    ``--distributed``), saying so in one line on stderr."""
-    threads.log_to_stderr()
+    ``--distributed``), saying so in one line on stderr once the devices are
+    settled (an error before that stays the only line)."""
     if args.distributed:
         comm = chainerkfac.create_communicator('mpi')
     else:
@@ -78,6 +78,7 @@ def setup_processes(prog, args):
             comm = chainerkfac.create_communicator('pure_nccl')
         except CommunicatorUnavailable as e:
             stop(prog, '--communicator pure_nccl: {}'.format(e), comm)
+    threads.log_to_stderr()
     return comm, device
 
 
