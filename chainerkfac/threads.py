@@ -161,9 +161,10 @@ def cgroup_cpu_limit(proc_cgroup='/proc/self/cgroup', root='/sys/fs/cgroup'):
                         values += f.read().split()
             except OSError:
                 continue
-            if len(values) < 2 or values[0] in ('max', '-1'):
-                break   # this cgroup sets no quota
-            quota, period = int(values[0]), int(values[1])
+            try:
+                quota, period = int(values[0]), int(values[1])
+            except (IndexError, ValueError):   # 'max': this cgroup sets none
+                break
             if quota > 0 and period > 0:
                 return max(1, int(math.ceil(quota / float(period))))
             break

@@ -211,6 +211,8 @@ def write(path, text):
     ('1:cpu:/\n', {'cpu/cpu.cfs_quota_us': '-1\n',
                    'cpu/cpu.cfs_period_us': '100000\n'}, None),
     ('0::/job\n', {}, None),
+    ('0::/job\n', {'job/cpu.max': 'garbage\n'}, None),
+    ('garbage\n', {}, None),
 ])
 def test_cgroup_cpu_limit(tmp_path, lines, files, expected):
     write(tmp_path / 'proc_cgroup', lines)
