@@ -62,6 +62,7 @@ from chainer import serializers
 from chainer import training
 from chainer.training import extensions
 
+from chainerkfac import threads as kfac_threads
 from chainerkfac.datasets import image_list
 from chainerkfac.datasets.augment import BatchAugmenter
 from chainerkfac.datasets.augment import RandomStateExtension
@@ -848,6 +849,7 @@ def main(argv=None):
         if comm.rank == 0:
             print('rank 0 of {}: {} (every rank: its node-local GPU)'.format(
                 comm.size, device_module.describe(device)), flush=True)
+    kfac_threads.log_to_stderr()  # create_communicator's BLAS-threads line
     try:
         return run(args, comm, device)
     except (AgreedUsageError, checkpoint.CheckpointError) as e:

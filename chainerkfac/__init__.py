@@ -11,5 +11,6 @@ from chainerkfac._optional import MissingDependency  # NOQA: E402
 from chainerkfac.communicators import create_communicator  # NOQA: E402
 from chainerkfac.optimizers import DistributedKFAC  # NOQA: E402
 from chainerkfac.optimizers import KFAC  # NOQA: E402
+from chainerkfac.threads import configure_threads  # NOQA: E402
 
 __version__ = '0.1.0'

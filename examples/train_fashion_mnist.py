@@ -27,6 +27,7 @@ import numpy  # NOQA: E402
 from chainer import training  # NOQA: E402
 from chainer.training import extensions  # NOQA: E402
 
+from chainerkfac import threads  # NOQA: E402
 from chainerkfac.datasets import get_fashion_mnist  # NOQA: E402
 from chainerkfac.training import allocator  # NOQA: E402
 from chainerkfac.training import device as device_module  # NOQA: E402
@@ -73,6 +74,8 @@ def main(argv=None):
     if args.gpu:
         device = device_module.select_gpu_or_exit('train_fashion_mnist.py')
         print(device_module.describe(device), flush=True)
+    chainerkfac.configure_threads()   # its share of the cores
+    threads.log_to_stderr()           # ... saying so in one line
     numpy.random.seed(args.seed)
     train = get_fashion_mnist('train', limit=args.train_limit)
     test = get_fashion_mnist('test', limit=args.test_limit)

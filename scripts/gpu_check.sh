@@ -97,6 +97,7 @@ step_setup() {
   "$py" -c 'import pytest, pytest_timeout' 2>/dev/null ||
     want+=(pytest pytest_timeout pluggy iniconfig packaging)
   "$py" -c 'import PIL' 2>/dev/null || want+=(pillow)
+  "$py" -c 'import threadpoolctl' 2>/dev/null || want+=(threadpoolctl)
   for name in "${want[@]}"; do
     f="$(ls "$GPU_CHECK_WHEELS"/"$name"-[0-9]*.whl 2>/dev/null | head -n1)"
     [ -n "$f" ] || { echo "gpu_check: no $name wheel in $GPU_CHECK_WHEELS"; return 1; }

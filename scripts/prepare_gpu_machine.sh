@@ -8,7 +8,8 @@
 #     bootstrap.sh builds it: no build isolation, setuptools with pkg_resources);
 #   - for CPython 3.12 on manylinux x86-64 (the GPU image's Python): the MPICH
 #     and mpi4py wheels, setuptools<70 (pkg_resources), pytest, pytest-timeout
-#     and their needs, and Pillow, at the versions pinned in requirements.txt.
+#     and their needs, Pillow and threadpoolctl, at the versions pinned in
+#     requirements.txt.
 # gpu_check.sh installs only those the machine lacks. Re-running is cheap:
 # wheels already in the folder are kept.
 #   bash scripts/prepare_gpu_machine.sh [--cudnn] [DEST]
@@ -105,7 +106,7 @@ pip_download() {  # pip_download FOLDER ARGS...: cp312 manylinux x86-64 wheels
 }
 [ -x .venv/bin/python ] || bash scripts/bootstrap.sh
 pip_download "$dest" --no-deps "mpich==$(pin mpich)" "mpi4py==$(pin mpi4py)" \
-  "pillow==$(pin pillow)" "setuptools<70"
+  "pillow==$(pin pillow)" "threadpoolctl==$(pin threadpoolctl)" "setuptools<70"
 pip_download "$dest" "pytest==$(pin pytest)" "pytest-timeout==$(pin pytest-timeout)"
 
 if [ "$cudnn" = 1 ]; then

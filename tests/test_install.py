@@ -165,7 +165,7 @@ def test_a_broken_mpi4py_is_not_taken_for_a_missing_one():
 
 def test_the_checked_entry_points_keep_their_signatures():
     assert list(inspect.signature(chainerkfac.create_communicator).parameters) \
-        == ['name', 'mpi_comm', 'abort_on_exception', 'options']
+        == ['name', 'mpi_comm', 'abort_on_exception', 'blas_threads', 'options']
     assert 'DistributedKFAC' in chainerkfac.create_communicator.__doc__
     init = chainerkfac.DistributedKFAC.__init__
     assert list(inspect.signature(init).parameters)[:3] == [

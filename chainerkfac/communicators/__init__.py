@@ -16,7 +16,7 @@ COMMUNICATOR_NAMES = ('mpi', 'pure_nccl')
 
 @_optional.needs_mpi4py('create_communicator')
 def create_communicator(name='mpi', mpi_comm=None, abort_on_exception=True,
-                        **options):
+                        blas_threads='auto', **options):
     """Creates a communicator for :class:`~chainerkfac.optimizers.DistributedKFAC`.
 
     Args:
@@ -34,6 +34,11 @@ def create_communicator(name='mpi', mpi_comm=None, abort_on_exception=True,
             ChainerMN's global except hook: an uncaught exception on any rank
             prints that rank's traceback and calls ``MPI_Abort``, so every
             rank ends with a non-zero exit instead of hanging in a collective.
+        blas_threads: passed to :func:`chainerkfac.configure_threads` with
+            ``mpi_comm`` on every rank, once the communicator can be made:
+            ``'auto'`` (each process gets its share of its node's cores, unless
+            ``OPENBLAS_NUM_THREADS``, ``OMP_NUM_THREADS``, ... is set), an int
+            (that many threads per BLAS library), or None (leave them alone).
 
     Returns:
         a subclass of ChainerMN's ``MpiCommunicatorBase``, so
@@ -59,13 +64,16 @@ def create_communicator(name='mpi', mpi_comm=None, abort_on_exception=True,
         raise TypeError('chainerkfac: create_communicator({!r}) takes no '
                         'option {}; its options: {}'.format(
                             name, ', '.join(unknown), ', '.join(allowed)))
+    from chainerkfac import threads
+    threads._checked(blas_threads)   # a bad value fails before any collective
     if abort_on_exception and mpi_comm.size > 1:
         from chainermn import global_except_hook
         global_except_hook.add_hook()
-    if name == 'mpi':
-        return MpiCommunicator(mpi_comm, **options)
-    if options.get('nccl_backend', 'nccl') == 'nccl':
+    if name == 'pure_nccl' and options.get('nccl_backend', 'nccl') == 'nccl':
         from chainerkfac.communicators import nccl_backend
         nccl_backend.agree(mpi_comm, nccl_backend.nccl_problem(),
                            "create_communicator('pure_nccl')")
+    threads.configure_threads(blas_threads, comm=mpi_comm)
+    if name == 'mpi':
+        return MpiCommunicator(mpi_comm, **options)
     return PureNcclCommunicator(mpi_comm, **options)

@@ -16,6 +16,7 @@ from chainer import training
 from chainer.training import extensions
 
 import chainerkfac
+from chainerkfac import threads
 from chainerkfac.communicators import CommunicatorUnavailable
 from chainerkfac.training import checkpoint
 from chainerkfac.training import device as device_module
@@ -55,12 +56,18 @@ def agreed_error(comm, error):
 
 def setup_processes(prog, args):
     """``(comm, device)``: the communicator (None without ``--distributed``)
-    and this process's GPU (None with ``--no_cuda``). Also switches on float64
+    and this process's GPU (None with ``--no_cuda``). Switches on float64
     sums of BatchNormalization's batch statistics on the CPU
-    (:func:`chainerkfac.use_float64_bn_statistics`), as every entry point does."""
+    (:func:`chainerkfac.use_float64_bn_statistics`), as every entry point does,
+    and sets the BLAS threads (:mod:`chainerkfac.threads`: the communicator
+    does it with ``--distributed``), saying so in one line on stderr once the
+    devices are settled (an error before that stays the only line)."""
     chainerkfac.use_float64_bn_statistics()
-    comm = chainerkfac.create_communicator('mpi') if args.distributed \
-        else None
+    if args.distributed:
+        comm = chainerkfac.create_communicator('mpi')
+    else:
+        comm = None
+        chainerkfac.configure_threads()
     device = None
     if not args.no_cuda:
         device = device_module.select_gpu_or_exit(
@@ -74,6 +81,7 @@ def setup_processes(prog, args):
             comm = chainerkfac.create_communicator('pure_nccl')
         except CommunicatorUnavailable as e:
             stop(prog, '--communicator pure_nccl: {}'.format(e), comm)
+    threads.log_to_stderr()
     return comm, device
 
 
