@@ -191,6 +191,12 @@ class FixedSchedule(Schedule):
                                              factor_interval)
         self.inverse_interval = _positive_int('inverse_interval',
                                               inverse_interval)
+        if self.inverse_interval < self.factor_interval:
+            raise ValueError(
+                'inverse_interval {} < factor_interval {}: the inverses would '
+                'be recomputed from statistics that have not changed; use an '
+                'inverse_interval of at least the factor_interval'.format(
+                    self.inverse_interval, self.factor_interval))
 
     def new_interval(self, key, step, change):
         return self.factor_interval

@@ -168,8 +168,8 @@ def test_the_checked_entry_points_keep_their_signatures():
         == ['name', 'mpi_comm', 'abort_on_exception', 'blas_threads', 'options']
     assert 'DistributedKFAC' in chainerkfac.create_communicator.__doc__
     init = chainerkfac.DistributedKFAC.__init__
-    assert list(inspect.signature(init).parameters)[:3] == [
-        'self', 'communicator', 'comm_dtype']
+    assert list(inspect.signature(init).parameters)[:4] == [
+        'self', 'communicator', 'args', 'comm_dtype']
 
 
 def test_the_isolated_build_gets_a_setuptools_that_reads_the_license_table():

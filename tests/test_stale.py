@@ -449,8 +449,8 @@ def test_stale_false_refreshes_everything_every_step_like_cvpr(rng):
 
 def test_fixed_factor_and_inverse_intervals(rng):
     model = nets.make(nets.MLP)
-    opt = KFAC(lr=0.1, damping=1e-2, stale=False, factor_interval=3,
-               inverse_interval=2)
+    opt = KFAC(lr=0.1, damping=1e-2, stale=False, factor_interval=2,
+               inverse_interval=3)
     opt.setup(model)
     counts = count_statistics(opt)
     inversions = []
@@ -470,9 +470,39 @@ def test_fixed_factor_and_inverse_intervals(rng):
     block.update_ema = recording
     for _ in range(7):
         opt.update(model, *nets.mlp_batch(rng))
-    assert counts['/l1/A'] == 3                   # steps 1, 4, 7
-    assert inversions == [1, 3, 5, 7]
-    assert emas == [{'A': 1, 'G': 1}, {'A': 3, 'G': 3}, {'A': 3, 'G': 3}]
+    assert counts['/l1/A'] == 4                   # steps 1, 3, 5, 7
+    assert inversions == [1, 4, 7]
+    assert emas == [{'A': 1, 'G': 1}] + [{'A': 2, 'G': 2}] * 3
+
+
+def test_a_fixed_schedule_that_inverts_more_often_than_it_refreshes():
+    with pytest.raises(ValueError, match='inverse_interval 2 < factor_inte'):
+        KFAC(stale=False, factor_interval=3, inverse_interval=2)
+
+
+def test_schedule_objects_and_the_keywords(rng):
+    """``schedule=`` takes a schedule object; the keywords build the same
+    one (equal training); both at once is an error."""
+    model_a, model_b = nets.make(nets.MLP), nets.make(nets.MLP)
+    a = KFAC(lr=0.05, damping=1e-2, stale_threshold=0.3, stale_warmup=2)
+    b = KFAC(lr=0.05, damping=1e-2, schedule=stale.StaleSchedule(
+        threshold=0.3, warmup=2))
+    a.setup(model_a)
+    b.setup(model_b)
+    for _ in range(8):
+        x, t = nets.mlp_batch(rng)
+        a.update(model_a, x, t)
+        b.update(model_b, x, t)
+    nets.assert_params_equal(nets.params_of(model_a), nets.params_of(model_b))
+    assert a.schedule.next_due == b.schedule.next_due
+    fixed = KFAC(schedule=stale.FixedSchedule(2, 4))
+    assert fixed.schedule.inverse_interval == 4
+    with pytest.raises(ValueError, match='either schedule='):
+        KFAC(schedule=stale.FixedSchedule(), stale_warmup=3)
+    with pytest.raises(ValueError, match='either schedule='):
+        KFAC(schedule=stale.FixedSchedule(), stale=False)
+    with pytest.raises(ValueError, match='chainerkfac.stale.Schedule'):
+        KFAC(schedule='stale')
 
 
 def test_resume_continues_the_same_schedule(rng, tmp_path):

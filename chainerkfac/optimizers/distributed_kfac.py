@@ -60,14 +60,22 @@ class DistributedKFAC(KFAC):
     step is then taken (nothing is skipped). On one process this is exactly
     :class:`KFAC` (no copies, no packing).
 
-    Optimizer hooks (e.g. ``WeightDecay``) run after stage 2 on the
-    gradients a rank owns; hooks that need every gradient at once (global
-    norm clipping) are not supported. Momentum and curvature state live on
-    the owner only: snapshot every rank (e.g. per-rank file names) to
-    resume.
+    Optimizer hooks run after stage 2 on the gradients a rank owns.
+    Per-parameter hooks (``WeightDecay``, ``GradientHardClipping``, ...)
+    work as in one process; ``GradientClipping`` is replaced by
+    :class:`DistributedGradientClipping` (the global norm from one scalar
+    all-reduce, the same scale on every rank); any other hook that needs
+    every gradient at once is refused at ``add_hook``. Momentum and curvature
+    state live on the owner only: snapshot with
+    :mod:`chainerkfac.training.checkpoint` (sharded: rank 0 writes the
+    shared state, each rank its blocks; a snapshot resumes on any number of
+    processes).
 
     Args:
         communicator: from :func:`chainerkfac.create_communicator`.
+        *args: :class:`KFAC`'s positional arguments (``lr``, ``momentum``,
+            ``cov_ema_decay``, ``damping``, ...), in the original code's
+            order: ``DistributedKFAC(comm, 0.01)`` sets ``lr``.
         comm_dtype (str): ``'float32'`` or ``'float16'`` (the paper's half
             precision) for stages 2 and 4; fp16 values are scaled by powers
             of two against overflow and underflow (see
@@ -80,14 +88,30 @@ class DistributedKFAC(KFAC):
         communicate_after_forward (bool): start the reduction of the A
             factors with a non-blocking collective right after the forward
             pass, overlapping the backward pass.
+        only_pic_update_weight (bool): the original's name for what this
+            class always does (the owner updates its blocks' parameters and
+            the steps are all-gathered); False (all-gather preconditioned
+            gradients, every rank updating every parameter) is refused.
         **kwargs: the hyper-parameters of :class:`KFAC`.
+
+    Attributes:
+        indices (list of lists): the original code's per-rank block lists:
+            ``indices[r]`` are the positions in :attr:`fisher_blocks` of the
+            blocks rank ``r`` owns (available after ``setup`` once the links
+            are initialised).
     """
 
     @_optional.needs_mpi4py('DistributedKFAC')
-    def __init__(self, communicator, comm_dtype='float32',
+    def __init__(self, communicator, *args, comm_dtype='float32',
                  assignment='balanced', communicate_after_forward=False,
-                 **kwargs):
-        super(DistributedKFAC, self).__init__(**kwargs)
+                 only_pic_update_weight=True, **kwargs):
+        if not only_pic_update_weight:
+            raise ValueError(
+                'chainerkfac.DistributedKFAC: only_pic_update_weight=False '
+                '(all-gathering preconditioned gradients) is not offered: the '
+                'owner of a block updates it and the parameter steps are '
+                'all-gathered (what the original does by default)')
+        super(DistributedKFAC, self).__init__(*args, **kwargs)
         if assignment not in assignment_module.ASSIGNMENTS:
             raise ValueError('chainerkfac.DistributedKFAC: assignment must be '
                              'one of {}, got {!r}'.format(
@@ -183,6 +207,45 @@ class DistributedKFAC(KFAC):
     def blocks_of(self, rank):
         """The blocks owned by ``rank``, in block order."""
         return self._blocks_by_rank[rank]
+
+    @property
+    def indices(self):
+        owners = self.owners
+        if owners is None:
+            owners = assignment_module.block_owners(
+                self.fisher_blocks, self.communicator.size, self.assignment)
+        return [[i for i, r in enumerate(owners) if r == rank]
+                for rank in range(self.communicator.size)]
+
+    def add_hook(self, hook, name=None, timing='auto'):
+        """As Chainer's, except that ``GradientClipping`` becomes
+        :class:`DistributedGradientClipping` and any other hook that needs
+        every gradient at once (``call_for_each_param`` false) is refused:
+        after stage 2 a rank holds only its own blocks' gradients."""
+        if isinstance(hook, chainer.optimizer_hooks.GradientClipping):
+            hook = DistributedGradientClipping(hook.threshold)
+        elif not getattr(hook, 'call_for_each_param', False):
+            raise ValueError(
+                'chainerkfac.DistributedKFAC: optimizer hook {} acts on all '
+                'gradients at once, but after stage 2 each rank holds only '
+                'the gradients of the blocks it owns; use a per-parameter '
+                'hook or GradientClipping'.format(
+                    getattr(hook, 'name', type(hook).__name__)))
+        return super(DistributedKFAC, self).add_hook(hook, name, timing)
+
+    def owned_gradient_square_norm(self):
+        """Squared L2 norm of the gradients this rank holds for the whole
+        model after stage 2: its blocks' (the global ones), plus, on rank 0,
+        the parameters without a block (all-reduced: the same everywhere)."""
+        total = 0.0
+        params = [p for b in self.owned_blocks for p in b.params]
+        if self.communicator.rank == 0 or not self._distributed:
+            params += self.plain_params
+        for param in params:
+            if param.grad is not None:
+                g = param.grad.astype(numpy.float32, copy=False)
+                total += float((g * g).sum())
+        return total
 
     # --- the step ---------------------------------------------------------
     def update(self, lossfun=None, *args, **kwds):
@@ -414,3 +477,31 @@ class DistributedKFAC(KFAC):
             return super(DistributedKFAC, self).refreshed_keys()
         return set(b.schedule_keys[n] for b in self.fisher_blocks
                    for n in b.due)
+
+
+class DistributedGradientClipping(object):
+    """``GradientClipping`` across ranks: ``g <- g min(1, c / ||g||)`` with
+    the norm of the whole model's gradient, from one scalar all-reduce of the
+    ranks' partial squared norms (:meth:`DistributedKFAC.owned_gradient_\
+square_norm`); every rank applies the same scale to the gradients it
+    holds. The optimizer puts it in place of ``GradientClipping``."""
+
+    name = 'GradientClipping'
+    call_for_each_param = False
+    timing = 'pre'
+
+    def __init__(self, threshold):
+        self.threshold = threshold
+
+    def __call__(self, opt):
+        square = opt.owned_gradient_square_norm()
+        if opt._distributed:
+            square = opt.communicator.mpi_comm.allreduce(square)
+        norm = numpy.sqrt(square)
+        rate = self.threshold / norm if norm > 0 else 1.0
+        if rate < 1:
+            params = [p for b in opt.owned_blocks for p in b.params]
+            params += opt.plain_params
+            for param in params:
+                if param.grad is not None:
+                    param.grad *= param.grad.dtype.type(rate)

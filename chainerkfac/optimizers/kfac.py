@@ -48,31 +48,43 @@ class KFAC(optimizer.GradientMethod):
     loss must be the mean over the batch: per-example gradients are recovered
     as ``N dL/ds``.
 
-    Args:
+    Args (the first eleven in the original code's positional order; the
+    others keyword-only):
         lr (float): learning rate.
         momentum (float): heavy-ball momentum ``mu``.
+        cov_ema_decay (float): weight ``r`` of the newest statistic, in
+            ``(0, 1]``.
         damping (float): Tikhonov damping ``gamma``: ``pi sqrt(gamma)`` and
             ``sqrt(gamma)/pi`` are added to A and G, ``stab_coeff * gamma``
             to BN's F. When a damped factor is still not positive definite
             the damping of that factor is raised (see
             :func:`chainerkfac.linalg.damped_inverse`) with one warning per
             block.
-        cov_ema_decay (float): weight ``r`` of the newest statistic, in
-            ``(0, 1]``.
         stab_coeff (float): multiplier of the damping for BN blocks.
-        bn_fisher (str): ``'full'`` (2C x 2C, the original code), ``'unit'``
-            (2x2 per channel, SP-NGD) or ``'diag'`` (the CVPR paper).
+        constructor: ``constructor(name, link)`` returns the link's
+            :class:`~chainerkfac.fisher_blocks.FisherBlock`, or None for
+            momentum SGD on its plain gradient (default:
+            :func:`chainerkfac.fisher_blocks.block_for`, with ``bn_fisher``):
+            the place to plug in a block of one's own.
         pi_type (str): ``'tracenorm'`` (``pi = sqrt((tr A/dim A)/(tr G/dim
             G))``) or ``'none'`` (``pi = 1``).
+        use_cholesky (bool): True (the inverses go through Cholesky, as the
+            original's default); False (its LU) is refused.
+        loss_scale (float): static loss scale for fp16 training; removed from
+            the gradients and from G and F.
+        adjust_momentum (bool): use ``mu * lr_t / lr_{t-1}`` on steps whose
+            learning rate dropped.
         acc_iters (int): micro-batches per step: gradients and statistics of
             ``acc_iters`` consecutive ``update`` calls are averaged (with
             equal weights) and one step is taken on the last call. A
             snapshot holds no partial accumulation: resume at step
             boundaries.
-        adjust_momentum (bool): use ``mu * lr_t / lr_{t-1}`` on steps whose
-            learning rate dropped.
-        loss_scale (float): static loss scale for fp16 training; removed from
-            the gradients and from G and F.
+        bn_fisher (str): ``'full'`` (2C x 2C, the original code), ``'unit'``
+            (2x2 per channel, SP-NGD) or ``'diag'`` (the CVPR paper).
+        schedule (chainerkfac.stale.Schedule): the refresh schedule as an
+            object (a :class:`~chainerkfac.stale.StaleSchedule`,
+            :class:`~chainerkfac.stale.FixedSchedule` or one of one's own);
+            exclusive with the keywords below, which build one.
         stale (bool): SP-NGD's stale statistics (the default): each
             statistic gets its own refresh interval, adapted to how far it
             drifts (:class:`chainerkfac.stale.StaleSchedule`); statistics
@@ -86,20 +98,26 @@ class KFAC(optimizer.GradientMethod):
         factor_interval (int): with ``stale=False``, refresh every statistic
             every ``factor_interval`` steps.
         inverse_interval (int): with ``stale=False``, recompute inverses
-            every ``inverse_interval`` steps.
+            every ``inverse_interval`` steps (at least ``factor_interval``).
+        exclude: links handed to momentum SGD on their plain gradient on
+            purpose: a list of link names as ``model.namedlinks()`` gives
+            them (``'/fc'``), or a predicate ``exclude(name, link)``; also
+            the way to train a grouped convolution or a link called twice
+            in one forward pass.
 
     Each step reports (``chainer.report``) ``kfac/refresh_fraction``, the
     fraction of statistics refreshed, ``kfac/mean_interval`` and
     ``kfac/early_refreshes`` (statistics called early by a loss spike).
     """
 
-    def __init__(self, lr=0.01, momentum=0.9, damping=1e-3,
-                 cov_ema_decay=0.99, stab_coeff=16.0, bn_fisher='full',
-                 pi_type='tracenorm', acc_iters=1, adjust_momentum=False,
-                 loss_scale=None, stale=True, stale_threshold=0.2,
+    def __init__(self, lr=0.01, momentum=0.9, cov_ema_decay=0.99,
+                 damping=1e-3, stab_coeff=16.0, constructor=None,
+                 pi_type='tracenorm', use_cholesky=True, loss_scale=None,
+                 adjust_momentum=False, acc_iters=1, *, bn_fisher='full',
+                 schedule=None, stale=True, stale_threshold=0.2,
                  stale_max_interval=20, stale_warmup=5,
                  stale_growth='proportional', stale_loss_ratio=1.5,
-                 factor_interval=1, inverse_interval=1):
+                 factor_interval=1, inverse_interval=1, exclude=()):
         super(KFAC, self).__init__()
         _check(lr >= 0, 'lr must be >= 0, got {}'.format(lr))
         _check(0 <= momentum <= 1, 'momentum must be in [0, 1]')
@@ -114,19 +132,19 @@ class KFAC(optimizer.GradientMethod):
         _check(int(acc_iters) == acc_iters and acc_iters >= 1,
                'acc_iters must be a positive integer, got {}'.format(acc_iters))
         _check(loss_scale is None or loss_scale > 0, 'loss_scale must be > 0')
-        _check(not stale or (factor_interval == 1 and inverse_interval == 1),
-               'factor_interval and inverse_interval are the fixed schedule; '
-               'pass stale=False to use them')
-        try:
-            if stale:
-                self.schedule = stale_module.StaleSchedule(
-                    stale_threshold, stale_max_interval, stale_warmup,
-                    stale_growth, stale_loss_ratio)
-            else:
-                self.schedule = stale_module.FixedSchedule(
-                    factor_interval, inverse_interval)
-        except ValueError as e:
-            raise ValueError('chainerkfac.KFAC: {}'.format(e))
+        _check(use_cholesky, 'use_cholesky=False (the original code\'s LU '
+               'inverses) is not offered: every damped factor is inverted '
+               'through its Cholesky factorization')
+        _check(constructor is None or callable(constructor),
+               'constructor must be a callable (name, link) -> FisherBlock '
+               'or None, got {!r}'.format(constructor))
+        _check(callable(exclude) or not isinstance(exclude, str),
+               'exclude takes link names (a list) or a predicate, got the '
+               'string {!r}'.format(exclude))
+        self.schedule = self._make_schedule(
+            schedule, stale, (stale_threshold, stale_max_interval,
+                              stale_warmup, stale_growth, stale_loss_ratio),
+            factor_interval, inverse_interval)
         self.hyperparam.lr = lr
         self.hyperparam.momentum = momentum
         self.hyperparam.damping = damping
@@ -134,6 +152,8 @@ class KFAC(optimizer.GradientMethod):
         self.hyperparam.stab_coeff = stab_coeff
         self.hyperparam.adjust_momentum = adjust_momentum
         self.bn_fisher = bn_fisher
+        self.constructor = constructor
+        self.exclude = exclude
         self.pi_type = pi_type
         self.acc_iters = int(acc_iters)
         if loss_scale is not None:
@@ -150,6 +170,36 @@ class KFAC(optimizer.GradientMethod):
         self._loss = None
         #: a :class:`chainerkfac.profiling.StageTimer` to time the stages
         self.timer = None
+
+    _STALE_DEFAULTS = (0.2, 20, 5, 'proportional', 1.5)
+
+    @staticmethod
+    def _make_schedule(schedule, stale, stale_args, factor_interval,
+                       inverse_interval):
+        """The refresh schedule: ``schedule`` itself, else a
+        :class:`~chainerkfac.stale.StaleSchedule` of the ``stale_*``
+        keywords, or with ``stale=False`` a
+        :class:`~chainerkfac.stale.FixedSchedule` of the intervals."""
+        fixed = (factor_interval, inverse_interval) != (1, 1)
+        if schedule is not None:
+            _check(isinstance(schedule, stale_module.Schedule),
+                   'schedule must be a chainerkfac.stale.Schedule, got '
+                   '{!r}'.format(schedule))
+            _check(stale is True and not fixed and
+                   tuple(stale_args) == KFAC._STALE_DEFAULTS,
+                   'pass either schedule= or the stale/stale_*/'
+                   'factor_interval/inverse_interval keywords, not both')
+            return schedule
+        _check(not stale or not fixed,
+               'factor_interval and inverse_interval are the fixed schedule; '
+               'pass stale=False to use them')
+        try:
+            if stale:
+                return stale_module.StaleSchedule(*stale_args)
+            return stale_module.FixedSchedule(factor_interval,
+                                              inverse_interval)
+        except ValueError as e:
+            raise ValueError('chainerkfac.KFAC: {}'.format(e))
 
     lr = optimizer.HyperparameterProxy('lr')
     momentum = optimizer.HyperparameterProxy('momentum')
@@ -169,7 +219,7 @@ class KFAC(optimizer.GradientMethod):
                 convolution); the message names the link.
         """
         blocks, plain = fisher_blocks.create_fisher_blocks(
-            link, self.bn_fisher)
+            link, self.bn_fisher, self.exclude, self.constructor)
         super(KFAC, self).setup(link)
         self.fisher_blocks = blocks
         self.owned_blocks = blocks
@@ -183,12 +233,23 @@ class KFAC(optimizer.GradientMethod):
         self.schedule.register(
             key for b in blocks for key in b.schedule_keys.values())
         logger.info('chainerkfac: %s', self.fisher_block_summary())
-        if plain:
+        unsupported = [n for n in plain if n not in self.excluded_links]
+        if unsupported:
             warnings.warn(
                 'chainerkfac: no Fisher block for links {}; their parameters '
                 'get momentum SGD on the plain gradient'.format(
-                    ', '.join(plain)), UserWarning, stacklevel=2)
+                    ', '.join(unsupported)), UserWarning, stacklevel=2)
         return self
+
+    @property
+    def excluded_links(self):
+        """Names of the links handed to SGD by ``exclude``."""
+        return [n for n in self.plain_links
+                if fisher_blocks.is_excluded(self.exclude, n,
+                                             self._link_of(n))]
+
+    def _link_of(self, name):
+        return dict(self.target.namedlinks()).get(name)
 
     def fisher_block_summary(self):
         """One line per link with parameters: its block type, or SGD."""
