@@ -6,7 +6,6 @@ optimizer (K-FAC with the original's defaults, or a first-order method in
 ChainerMN's multi-node optimizer); the command-line options and the
 trainer/snapshot/resume wiring both examples share.
 """
-import sys
 import warnings
 
 import chainer
@@ -16,13 +15,14 @@ from chainer import training
 from chainer.training import extensions
 
 import chainerkfac
+from chainerkfac import errors
 from chainerkfac import threads
 from chainerkfac.communicators import CommunicatorUnavailable
 from chainerkfac.training import checkpoint
 from chainerkfac.training import device as device_module
 
 #: exit status of a run stopped by a usage or data problem (one line)
-EXIT_STATUS = 2
+EXIT_STATUS = errors.EXIT_STATUS
 #: the original's KFAC() defaults (its chainerkfac/optimizers/kfac.py)
 KFAC_DEFAULTS = dict(lr=0.001, momentum=0.9, damping=0.03, cov_ema_decay=0.99)
 OPTIMIZER_PATH = 'updater/optimizer:main'
@@ -38,20 +38,7 @@ class DataError(Exception):
 def stop(prog, message, comm=None):
     """Rank 0 prints ``PROG: error: MESSAGE``; every rank exits with 2.
     Every rank must call it (the ranks have agreed on the error)."""
-    if comm is None or comm.rank == 0:
-        sys.stderr.write('{}: error: {}\n'.format(prog, message))
-        sys.stderr.flush()
-    if comm is not None and comm.size > 1:
-        comm.mpi_comm.Barrier()
-    sys.exit(EXIT_STATUS)
-
-
-def agreed_error(comm, error):
-    """The first rank's error message (None when no rank has one)."""
-    if comm is None or comm.size == 1:
-        return error
-    errors = comm.mpi_comm.allgather(error)
-    return next((e for e in errors if e), None)
+    errors.exit_on_every_rank(prog, message, comm)
 
 
 def setup_processes(prog, args):
@@ -198,7 +185,7 @@ def load_on_rank0(prog, comm, device, load):
             train, test = load()
         except DataError as e:
             error = str(e)
-    error = agreed_error(comm, error)
+    error = errors.agreed_error(comm, error)
     if error:
         stop(prog, error, comm)
 
@@ -306,8 +293,7 @@ def resume(prog, args, trainer, optimizer, comm, sharded, shard_indices,
         try:
             chainer.serializers.load_npz(args.resume, trainer)
         except Exception as e:   # a missing file, another model, ...
-            error = '{}: {}'.format(type(e).__name__,
-                                    (str(e).strip().splitlines() or [''])[0])
-        error = agreed_error(comm, error)
+            error = errors.one_line(e)
+        error = errors.agreed_error(comm, error)
     if error:
         stop(prog, '--resume {}: {}'.format(args.resume, error), comm)
