@@ -22,6 +22,13 @@ import sys
 EXIT_STATUS = 2
 
 
+class ForeignSnapshotError(ValueError):
+    """A snapshot loaded into :class:`~chainerkfac.DistributedKFAC` held the
+    momentum and curvature of Fisher blocks other ranks own, not of this
+    rank's (one rank's file loaded on every rank); raised on every rank, its
+    message one line saying how to resume."""
+
+
 def one_line(error):
     """``ExceptionType: first line of its message`` (the message's other
     lines, a traceback's, say where, not what)."""

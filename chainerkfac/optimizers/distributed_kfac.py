@@ -7,6 +7,7 @@ import numpy
 
 from chainerkfac import _optional
 from chainerkfac import assignment as assignment_module
+from chainerkfac import errors
 try:  # mpi4py: the [mpi] extra; without it DistributedKFAC() says what to install
     from mpi4py import MPI
     from chainerkfac.communicators.mpi_communicator import comm_dtype_of
@@ -107,6 +108,7 @@ class DistributedKFAC(KFAC):
         self._missing_seen = None   # the flags' mean over ranks (device)
         self._examples = {}         # schedule key -> examples behind it here
         self._mean_loss = None      # the step's loss, mean over ranks
+        self._load_problem = None   # a loaded snapshot held others' blocks
 
     @property
     def _distributed(self):
@@ -173,15 +175,21 @@ class DistributedKFAC(KFAC):
                     array).asarray(host)
 
     def _synchronize(self):
+        self._agree_on_loaded_state()
         self._check_models_agree()
         self._broadcast_model()
-        costs = [assignment_module.block_cost(b) for b in self.fisher_blocks]
-        self.owners = assignment_module.assign_blocks(
-            costs, self.communicator.size, self.assignment)
+        self.owners = self._assign_blocks()
         self._blocks_by_rank = [
             [b for b, r in zip(self.fisher_blocks, self.owners) if r == rank]
             for rank in range(self.communicator.size)]
         self.owned_blocks = self._blocks_by_rank[self.communicator.rank]
+
+    def _assign_blocks(self):
+        """Owner rank of each Fisher block (deterministic from the model and
+        the process count)."""
+        costs = [assignment_module.block_cost(b) for b in self.fisher_blocks]
+        return assignment_module.assign_blocks(
+            costs, self.communicator.size, self.assignment)
 
     def blocks_of(self, rank):
         """The blocks owned by ``rank``, in block order."""
@@ -407,3 +415,56 @@ class DistributedKFAC(KFAC):
         """The schedule keys of ``rank``'s blocks, in block order."""
         return [b.schedule_keys[n] for b in self.blocks_of(rank)
                 for n in b.statistic_names]
+
+    # --- loading a snapshot: one rank's state is not every rank's ----------
+    def serialize(self, serializer):
+        """:meth:`KFAC.serialize`; on several processes a load is checked
+        (:meth:`_foreign_state_problem`): before the first update every rank
+        raises at that update's synchronisation, which every rank runs (so
+        no rank is left in a collective), afterwards the ranks that see it
+        raise at once."""
+        super(DistributedKFAC, self).serialize(serializer)
+        if self._distributed and isinstance(
+                serializer, chainer.serializer.Deserializer):
+            self._load_problem = self._foreign_state_problem()
+            if self._load_problem and self.owners is not None:
+                raise errors.ForeignSnapshotError(self._load_problem)
+
+    def _foreign_state_problem(self):
+        """One line when the state just loaded held momentum or curvature of
+        Fisher blocks other ranks own but none of a block this rank owns
+        (one rank's file loaded on every rank, or a per-rank file of another
+        assignment: this rank's blocks would restart from nothing), else
+        None. A snapshot holding no block's state (taken before the first
+        update) or every block's (one process's) passes."""
+        try:
+            owners = self.owners or self._assign_blocks()
+        except ValueError:   # links not initialised: no assignment yet
+            return None
+        rank = self.communicator.rank
+        held = [any(v is not None for v in b.ema.values()) or any(
+            p.update_rule is not None and p.update_rule.state is not None
+            for p in b.params) for b in self.fisher_blocks]
+        lost = [b.name for b, r, h in zip(self.fisher_blocks, owners, held)
+                if r == rank and not h]
+        if not lost or not any(h for r, h in zip(owners, held) if r != rank):
+            return None
+        return ('chainerkfac: rank {} loaded a snapshot holding the momentum '
+                'and curvature of Fisher blocks other ranks own, not of {}, '
+                'which it owns: one rank\'s file (ChainerMN\'s rank-0 '
+                'snapshot, serializers.save_npz of the trainer) loaded on '
+                'every rank, which would reset every other rank\'s blocks; '
+                'resume from a sharded snapshot '
+                '(chainerkfac.training.checkpoint.ShardedSnapshot, then '
+                'checkpoint.load on every rank; train_imagenet.py --resume '
+                'DIR/snapshot_iter_N), or from one file per rank written and '
+                'loaded on as many processes'.format(rank, lost[0]))
+
+    def _agree_on_loaded_state(self):
+        """Every rank raises :class:`~chainerkfac.errors.ForeignSnapshotError`
+        when a rank's last load held other ranks' blocks (one integer
+        all-reduced; the message only then)."""
+        comm = self.communicator.mpi_comm
+        if comm.allreduce(int(self._load_problem is not None), op=MPI.MAX):
+            problem = errors.agreed_error(comm, self._load_problem)
+            raise errors.ForeignSnapshotError(problem)
