@@ -137,6 +137,20 @@ def describe(device):
                 'im2col + cuBLAS)', chainer.config.use_cudnn_tensor_core))
 
 
+def on_device(converter, device):
+    """``converter``'s arrays (``(x, t)`` or ``(x, t, labels)``) sent to
+    ``device`` (``converter`` itself for None).
+
+    For an old-style converter such as the augmenter (it would get a device
+    number from the updater): the transfer is done here instead."""
+    if device is None:
+        return converter
+
+    def convert(batch, _device=None):
+        return tuple(device.send(a) for a in converter(batch))
+    return convert
+
+
 def synchronize(device):
     """Waits for the device's queued work (no-op for a CPU device or None)."""
     if device is not None and device.xp is not numpy:
