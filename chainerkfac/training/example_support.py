@@ -20,14 +20,13 @@ from chainerkfac import threads
 from chainerkfac.communicators import CommunicatorUnavailable
 from chainerkfac.training import checkpoint
 from chainerkfac.training import device as device_module
+from chainerkfac.training import extensions as kfac_extensions
+from chainerkfac.training import resharding
 
 #: exit status of a run stopped by a usage or data problem (one line)
 EXIT_STATUS = errors.EXIT_STATUS
 #: the original's KFAC() defaults (its chainerkfac/optimizers/kfac.py)
 KFAC_DEFAULTS = dict(lr=0.001, momentum=0.9, damping=0.03, cov_ema_decay=0.99)
-OPTIMIZER_PATH = 'updater/optimizer:main'
-#: snapshot keys that differ between ranks
-RANK_LOCAL = ('updater/iterator:main',)
 
 
 class DataError(Exception):
@@ -241,21 +240,14 @@ def build_trainer(args, comm, device, model, optimizer, train_iter,
         # each rank holds the curvature of the blocks it owns: every rank
         # writes its part (chainerkfac.training.checkpoint)
         trainer.extend(checkpoint.ShardedSnapshot(
-            comm, optimizer, optimizer_path=OPTIMIZER_PATH,
-            rank_local=RANK_LOCAL,
-            rank_arrays={'shard_indices': shard_indices}),
+            comm, optimizer, rank_arrays={'shard_indices': shard_indices}),
             trigger=(interval, 'epoch'), name='snapshot')
     elif rank == 0:
         trainer.extend(extensions.snapshot(), trigger=(interval, 'epoch'))
     if rank == 0:
         trainer.extend(extensions.LogReport())
-        if args.plot and extensions.PlotReport.available():
-            trainer.extend(extensions.PlotReport(
-                ['main/loss', 'validation/main/loss'], 'epoch',
-                file_name='loss.png'))
-            trainer.extend(extensions.PlotReport(
-                ['main/accuracy', 'validation/main/accuracy'], 'epoch',
-                file_name='accuracy.png'))
+        if args.plot:
+            kfac_extensions.add_plot_reports(trainer)
         trainer.extend(extensions.PrintReport(
             ['epoch', 'main/loss', 'validation/main/loss', 'main/accuracy',
              'validation/main/accuracy', 'elapsed_time']))
@@ -278,15 +270,10 @@ def resume(prog, args, trainer, optimizer, comm, sharded, shard_indices,
     error = None
     if sharded:
         try:
-            info = checkpoint.load(args.resume, trainer, optimizer, comm,
-                                   optimizer_path=OPTIMIZER_PATH,
-                                   rank_local=RANK_LOCAL)
-            if not info.same_layout:
-                order_rng.seed([args.seed, comm.size, comm.rank,
-                                info.iteration])
-                checkpoint.reposition_iterator(
-                    trainer.updater.get_iterator('main'), info, comm,
-                    shard_indices, n_train, order_rng)
+            checkpoint.resume_trainer(
+                args.resume, trainer, optimizer, comm, shard_indices,
+                n_train, order_rng, reseed=lambda info: resharding.reseed(
+                    [order_rng], info, args.seed, with_index=False))
         except checkpoint.CheckpointError as e:
             error = str(e)   # the same on every rank
     else:
