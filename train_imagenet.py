@@ -123,6 +123,13 @@ def _switch(group, name, help_on, help_off):
                        const=False, help=help_off)
 
 
+def _floats(g, *options):
+    """``--name`` (a float, default None: the configuration decides) for
+    each ``(name, help)`` of ``options``."""
+    for name, text in options:
+        g.add_argument('--' + name, type=float, help=text)
+
+
 def _data_options(p):
     """Options: the list files, their roots, normalisation and loaders."""
     g = p.add_argument_group('data')
@@ -220,12 +227,11 @@ def _schedule_options(p):
     g = p.add_argument_group('learning-rate schedule')
     g.add_argument('--lr_plan', help="(original) 'polynomial'; any other "
                    'value: a constant lr')
-    g.add_argument('--epoch_lr_decay_start', type=float,
-                   help='(original) epoch the polynomial decay starts')
-    g.add_argument('--polynomial_decay_p', type=float,
-                   help='(original) power p of the decay')
-    g.add_argument('--polynomial_epoch', type=float,
-                   help='(original) the decay ends at max(epoch, this)')
+    _floats(g, ('epoch_lr_decay_start',
+                '(original) epoch the polynomial decay starts'),
+            ('polynomial_decay_p', '(original) power p of the decay'),
+            ('polynomial_epoch',
+             '(original) the decay ends at max(epoch, this)'))
 
 
 def _augmentation_options(p):
@@ -236,14 +242,10 @@ def _augmentation_options(p):
     _switch(g, 'running_mixup', 'mix with the previous mixed batch '
             '(original; on by default, and its flag could not turn it off)',
             'mix with a permutation of the batch instead')
-    g.add_argument('--re_rate', type=float,
-                   help='(original) random erasing probability')
-    g.add_argument('--re_area_rl', type=float,
-                   help='(original) erased area fraction, low')
-    g.add_argument('--re_area_rh', type=float,
-                   help='(original) erased area fraction, high')
-    g.add_argument('--re_aspect_rl', type=float,
-                   help='(original) aspect ratio low (high: 1)')
+    _floats(g, ('re_rate', '(original) random erasing probability'),
+            ('re_area_rl', '(original) erased area fraction, low'),
+            ('re_area_rh', '(original) erased area fraction, high'),
+            ('re_aspect_rl', '(original) aspect ratio low (high: 1)'))
 
 
 def _device_options(p):

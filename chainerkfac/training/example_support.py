@@ -6,6 +6,7 @@ optimizer (K-FAC with the original's defaults, or a first-order method in
 ChainerMN's multi-node optimizer); the command-line options and the
 trainer/snapshot/resume wiring both examples share.
 """
+import argparse
 import warnings
 
 import chainer
@@ -102,6 +103,18 @@ def build_optimizer(args, comm):
 
 
 # --- command line ---------------------------------------------------------
+def make_parser(prog, doc, epilog, *original):
+    """``(parser, group)``: an example's parser (``doc``'s first line as its
+    description), the original example's options in their group
+    (:func:`add_original_options` with ``original``), and the group
+    ``'options added here'`` for the example to fill."""
+    p = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0],
+                                epilog=epilog)
+    add_original_options(p.add_argument_group(
+        "the original example's options"), *original)
+    return p, p.add_argument_group('options added here')
+
+
 def add_original_options(g, batch_size, optimizers, first_order, archs,
                          arch):
     """The original example's options on group ``g``: default
@@ -253,6 +266,51 @@ def build_trainer(args, comm, device, model, optimizer, train_iter,
              'validation/main/accuracy', 'elapsed_time']))
         trainer.extend(extensions.ProgressBar())
     return trainer, sharded
+
+
+def train(prog, args, comm, device, load, make_model, make_iterators,
+          schedule=()):
+    """What both examples do after :func:`setup_processes`: rank 0 reads
+    the data (``load()``), which is split over the ranks; the model
+    (``make_model()``, initial weights from ``--seed``) goes to ``device``
+    with its optimizer (:func:`build_optimizer`); ``make_iterators(train,
+    test, order_sampler)`` gives the iterators; then the trainer
+    (:func:`build_trainer`, with ``schedule``), ``--resume`` and the run.
+    Returns the trainer."""
+    rank, size = (0, 1) if comm is None else (comm.rank, comm.size)
+    train, test = load_on_rank0(prog, comm, device, load)
+    train, test, n_train, shard_indices = scatter(comm, train, test,
+                                                  args.seed)
+    numpy.random.seed(args.seed)   # initial weights (rank 0's are broadcast)
+    model = make_model()
+    if device is not None:
+        model.to_device(device)    # before setup: the optimizer state too
+    optimizer = build_optimizer(args, comm)
+    optimizer.setup(model)
+    order_rng = numpy.random.RandomState([args.seed, size, rank])
+    train_iter, test_iter = make_iterators(
+        train, test, chainer.iterators.ShuffleOrderSampler(order_rng))
+    trainer, sharded = build_trainer(
+        args, comm, device, model, optimizer, train_iter, test_iter,
+        shard_indices, schedule)
+    if args.resume:
+        resume(prog, args, trainer, optimizer, comm, sharded, shard_indices,
+               n_train, order_rng)
+    run(trainer)
+    return trainer
+
+
+def report_final(trainer, comm, what):
+    """Rank 0: ``final: WHAT on N process(es): epoch E, validation accuracy
+    A, loss L`` from the last log entry."""
+    if comm is not None and comm.rank != 0:
+        return
+    last = trainer.get_extension('LogReport').log[-1]
+    print('final: {} on {} process(es): epoch {}, validation accuracy '
+          '{:.4f}, loss {:.4f}'.format(
+              what, 1 if comm is None else comm.size, last['epoch'],
+              last['validation/main/accuracy'],
+              last['validation/main/loss']), flush=True)
 
 
 def run(trainer):
