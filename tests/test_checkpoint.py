@@ -292,7 +292,8 @@ def test_defaults_of_a_trainer():
     assert checkpoint.optimizer_path_of(opt, opt) == ''
     assert checkpoint.rank_local_of(trainer) == ('updater/iterator:main',)
     assert checkpoint.rank_local_of(State(model, opt)) == ()
-    with pytest.raises(checkpoint.CheckpointError, match='pass optimizer_path'):
+    with pytest.raises(checkpoint.CheckpointError,
+                       match='pass optimizer_path'):
         checkpoint.optimizer_path_of(State(model, opt), opt)
 
 

@@ -436,8 +436,8 @@ def _shared_file_problem(directory):
         return ('{} is one file, not a sharded snapshot directory: a trainer '
                 'snapshot one rank wrote (ChainerMN\'s rank-0 snapshot, '
                 'serializers.save_npz) holds the momentum and curvature of '
-                'that rank\'s Fisher blocks only, and loading it on every rank '
-                'would reset the others; resume from a snapshot_iter_<N> '
+                'that rank\'s Fisher blocks only, and loading it on every '
+                'rank would reset the others; resume from a snapshot_iter_<N> '
                 'directory written by chainerkfac.training.checkpoint '
                 '(ShardedSnapshot)'.format(directory))
     if not os.path.isdir(directory):

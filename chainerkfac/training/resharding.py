@@ -213,4 +213,3 @@ def reposition_iterator(iterator, resume, comm, shard_indices, dataset_size,
     iterator.serialize(chainer_npz.NpzDeserializer(
         {k: numpy.asarray(v) for k, v in values.items()}))
     return new_position
-
