@@ -418,17 +418,16 @@ class DistributedKFAC(KFAC):
 
     # --- loading a snapshot: one rank's state is not every rank's ----------
     def serialize(self, serializer):
-        """:meth:`KFAC.serialize`; on several processes a load is checked
-        (:meth:`_foreign_state_problem`): before the first update every rank
-        raises at that update's synchronisation, which every rank runs (so
-        no rank is left in a collective), afterwards the ranks that see it
-        raise at once."""
+        """:meth:`KFAC.serialize`. On several processes a load is checked
+        (:meth:`_foreign_state_problem`) and re-synchronises the ranks at the
+        next update, as the first one does (every rank loads, as every rank
+        updates): if any rank's load held other ranks' blocks, every rank
+        raises there, so no rank is left waiting in a collective."""
         super(DistributedKFAC, self).serialize(serializer)
         if self._distributed and isinstance(
                 serializer, chainer.serializer.Deserializer):
             self._load_problem = self._foreign_state_problem()
-            if self._load_problem and self.owners is not None:
-                raise errors.ForeignSnapshotError(self._load_problem)
+            self.owners = None
 
     def _foreign_state_problem(self):
         """One line when the state just loaded held momentum or curvature of
@@ -450,10 +449,10 @@ class DistributedKFAC(KFAC):
         if not lost or not any(h for r, h in zip(owners, held) if r != rank):
             return None
         return ('chainerkfac: rank {} loaded a snapshot holding the momentum '
-                'and curvature of Fisher blocks other ranks own, not of {}, '
-                'which it owns: one rank\'s file (ChainerMN\'s rank-0 '
+                'and curvature of Fisher blocks other ranks own, not of {} '
+                '(which it owns): one rank\'s file (ChainerMN\'s rank-0 '
                 'snapshot, serializers.save_npz of the trainer) loaded on '
-                'every rank, which would reset every other rank\'s blocks; '
+                'every rank, which would restart those blocks from nothing; '
                 'resume from a sharded snapshot '
                 '(chainerkfac.training.checkpoint.ShardedSnapshot, then '
                 'checkpoint.load on every rank; train_imagenet.py --resume '

@@ -9,9 +9,10 @@ not stdout).
 ``one_file``: 3 steps; rank 0 alone saves the trainer with
 ``chainer.serializers.save_npz`` (ChainerMN's usual rank-0 snapshot, and the
 file the original's ``--resume`` loaded on every rank); every rank loads it
-into a fresh trainer and takes a step, and records the error it got at the
-load or the step (``ForeignSnapshotError``, one line) and the error of
-``checkpoint.load`` given the same file.
+into a fresh trainer, and into the one that took the steps, and takes a
+step, and records the error it got at the load or the step
+(``ForeignSnapshotError``, one line) and the error of ``checkpoint.load``
+given the same file.
 
 ``iterators``: each rank's iterator draws its own order; 3 steps, a
 ``ShardedSnapshot`` with its default arguments, 2 more steps; a fresh
@@ -98,11 +99,13 @@ def one_file(comm, directory):
     comm.mpi_comm.Barrier()
     fresh, fresh_opt = make_trainer(comm, 2, directory)
 
-    def load_and_step():
-        chainer.serializers.load_npz(path, fresh)
-        steps(fresh, 1)
+    def load_and_step(target):
+        chainer.serializers.load_npz(path, target)
+        steps(target, 1)
     return {
-        'load_npz': one_line_error(load_and_step),
+        'load_npz': one_line_error(lambda: load_and_step(fresh)),
+        # into the trainer that took the steps (its owners already known)
+        'load_npz_mid_run': one_line_error(lambda: load_and_step(trainer)),
         'checkpoint_load': one_line_error(lambda: checkpoint.load(
             path, fresh, fresh_opt, comm)),
     }
