@@ -601,9 +601,9 @@ def load_initmodel(model, path):
     try:
         serializers.load_npz(path, model.predictor, path=prefix)
     except (KeyError, ValueError, TypeError) as e:
-        raise UsageError('--initmodel {} does not match this model ({}: {}; '
+        raise UsageError('--initmodel {} does not match this model ({}; '
                          'its classes: --n_class)'.format(
-                             path, type(e).__name__, e))
+                             path, errors.one_line(e)))
     return prefix
 
 
@@ -808,8 +808,7 @@ def resume_legacy(trainer, path, comm):
             serializers.load_npz(own, trainer)
     except (KeyError, ValueError, TypeError) as e:
         raise UsageError('--resume {} does not match this model and '
-                         'configuration ({}: {})'.format(
-                             own, type(e).__name__, e))
+                         'configuration ({})'.format(own, errors.one_line(e)))
 
 
 #: what ``--resume`` adds when it is given one file (a trainer snapshot)

@@ -47,6 +47,7 @@ import chainer.links as L  # NOQA: E402
 import numpy  # NOQA: E402
 from chainer.training import extensions  # NOQA: E402
 
+from chainerkfac import errors  # NOQA: E402
 from chainerkfac.training import allocator  # NOQA: E402
 from chainerkfac.training import example_support as support  # NOQA: E402
 from chainerkfac.training.example_support import (  # NOQA: E402,F401
@@ -95,8 +96,8 @@ def read_batch(path):
     except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError,
             ValueError, AttributeError) as e:
         raise DataError('{} is not a CIFAR-10 python batch (a pickled dict '
-                        'with data and labels): {}: {}'.format(
-                            path, type(e).__name__, e))
+                        'with data and labels): {}'.format(
+                            path, errors.one_line(e)))
     if data.dtype != numpy.uint8 or data.ndim != 2 or \
             data.shape[1] != 3 * 32 * 32 or labels.shape != data.shape[:1]:
         raise DataError('{}: data {} {} and labels {} (expected N x 3072 '
