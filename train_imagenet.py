@@ -34,7 +34,9 @@ many as wrote it the run continues exactly; on another number the owned
 state moves to the new owners and the data shards are re-split (see
 :func:`resume`). Snapshots of the earlier per-rank format
 (``snapshot_iter_<N>_rank<r>``, every rank the whole trainer) resume on as
-many processes as wrote them.
+many processes as wrote them. One trainer file (the original's ``--resume``
+of ChainerMN's rank-0 snapshot) holds one rank's share of the optimizer's
+state and is refused in one line (``--initmodel`` takes its weights).
 
 With ``--gpu`` each rank trains on its node-local GPU (``comm.intra_rank``):
 the model (and so the optimizer's state) lives there and the updater's and
@@ -509,7 +511,7 @@ def build_data(args, config, comm, train_pairs, val_pairs, n_class, mean,
                std):
     """This rank's data: ``train`` and ``val`` (its shards), their
     iterators, ``shard_indices``, the ``augmenter``, the iterator's order
-    state ``order_rng`` and the whole training set's size."""
+    state ``order_rng``, the whole training set's size and ``--seed``."""
     crop = config['crop_size']
     train, val, shard_indices = make_shards(args, comm, train_pairs,
                                             val_pairs, crop, mean, std)
@@ -521,7 +523,7 @@ def build_data(args, config, comm, train_pairs, val_pairs, n_class, mean,
     return types.SimpleNamespace(
         train=train, val=val, train_iter=train_iter, val_iter=val_iter,
         shard_indices=shard_indices, augmenter=augmenter,
-        order_rng=order_rng, dataset_size=len(train_pairs))
+        order_rng=order_rng, dataset_size=len(train_pairs), seed=args.seed)
 
 
 # --- model and optimizer ---------------------------------------------------
@@ -897,7 +899,6 @@ def run(args, comm, device=None):
                                                  n_class)
     data = build_data(args, config, comm, train_pairs, val_pairs, n_class,
                       mean, std)
-    data.seed = args.seed
     trainer, is_last, iters_per_epoch = build_trainer(
         args, config, comm, device, model, optimizer, data)
     if comm.rank == 0:

@@ -26,28 +26,12 @@ import sys
 
 import chainerkfac  # NOQA: I100 (first: makes Chainer importable on NumPy 2)
 import chainer
-import chainer.functions as F
-import chainer.links as L
 import numpy
 from chainer import training
 
+import nets
 from chainerkfac.optimizers import DistributedKFAC
 from chainerkfac.training import checkpoint
-
-
-class Net(chainer.Chain):
-    def __init__(self):
-        super(Net, self).__init__()
-        with self.init_scope():
-            self.c1 = L.Convolution2D(2, 4, 3, pad=1)
-            self.bn = L.BatchNormalization(4)
-            self.c2 = L.Convolution2D(4, 5, 3, stride=2, nobias=True)
-            self.fc = L.Linear(20, 3)
-
-    def forward(self, x, t):
-        h = F.relu(self.bn(self.c1(x)))
-        h = F.relu(self.c2(h))
-        return F.softmax_cross_entropy(self.fc(h), t)
 
 
 def dataset(comm):
@@ -58,8 +42,8 @@ def dataset(comm):
 
 
 def make_trainer(comm, seed, out):
-    numpy.random.seed(seed)
-    model = Net()
+    model = nets.make(nets.ConvNet, seed=seed, use_bn=True,
+                      dtype=numpy.float32)
     opt = DistributedKFAC(comm, lr=0.05, damping=1e-2, cov_ema_decay=0.5,
                           stale_warmup=2)
     opt.setup(model)
