@@ -67,8 +67,11 @@ class DistributedKFAC(KFAC):
     Optimizer hooks (e.g. ``WeightDecay``) run after stage 2 on the
     gradients a rank owns; hooks that need every gradient at once (global
     norm clipping) are not supported. Momentum and curvature state live on
-    the owner only: snapshot every rank (e.g. per-rank file names) to
-    resume.
+    the owner only: snapshot with :mod:`chainerkfac.training.checkpoint`
+    (``ShardedSnapshot``, ``load``: any number of processes). A load that
+    held other ranks' blocks but not this rank's (one rank's file loaded on
+    every rank) is refused on every rank at the next update
+    (:class:`~chainerkfac.errors.ForeignSnapshotError`).
 
     Args:
         communicator: from :func:`chainerkfac.create_communicator`.
