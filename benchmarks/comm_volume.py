@@ -33,6 +33,7 @@ sys.path.insert(0, ROOT)
 
 import chainerkfac  # NOQA: E402
 from chainerkfac.communicators import nccl_mapping  # NOQA: E402
+from chainerkfac.optimizers import traffic  # NOQA: E402
 from chainerkfac.optimizers.traffic import planned_step_traffic  # NOQA: E402
 from models import resnet  # NOQA: E402
 
@@ -81,7 +82,7 @@ def nccl_table(name, model, bn_fisher):
         row = []
         for dtype in ('float32', 'float16'):
             for mapping in ('grouped', 'padded'):
-                plan = nccl_mapping.planned_nccl_traffic(
+                plan = traffic.planned_nccl_traffic(
                     model, size, dtype, mapping, bn_fisher)
                 row.append(numpy.mean(plan['ours']))
         ratios = [row[1] / row[0], row[3] / row[2]]
@@ -120,7 +121,7 @@ def verify(comm_dtype, communicator='mpi', mapping='auto'):
     if communicator == 'mpi':
         plan = planned_step_traffic(small_model(), comm.size, comm_dtype)
     else:
-        plan = nccl_mapping.planned_nccl_traffic(small_model(), comm.size,
+        plan = traffic.planned_nccl_traffic(small_model(), comm.size,
                                                  comm_dtype, mapping)
     planned = plan['ours'][comm.rank]
     # The ranks' results travel to rank 0 through MPI, which alone prints:
@@ -148,8 +149,7 @@ def step_arrays(model, size, rank, xp, seed=0):
     from chainerkfac import assignment
     from chainerkfac import fisher_blocks
     blocks, _ = fisher_blocks.create_fisher_blocks(model, 'full')
-    owners = assignment.assign_blocks(
-        [assignment.block_cost(b) for b in blocks], size, 'balanced')
+    owners = assignment.block_owners(blocks, size, 'balanced')
     rng = numpy.random.RandomState(seed + rank)
 
     def array(shape):

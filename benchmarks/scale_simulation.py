@@ -406,7 +406,8 @@ def simulate_rank(model, size, rank, opt_kwargs, reps, trace):
             best = setup
     out = dict(best)
     costs = [assignment_module.block_cost(b) for b in opt.fisher_blocks]
-    owners = assignment_module.assign_blocks(costs, size, opt.assignment)
+    owners = assignment_module.block_owners(opt.fisher_blocks, size,
+                                            opt.assignment)
     assert owners == list(opt.owners)
     out['imbalance'] = assignment_module.load_imbalance(costs, owners, size)
     out['idle'] = size - len(set(owners))

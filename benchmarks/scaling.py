@@ -169,7 +169,7 @@ def resnet50_plan(bn_fisher='full'):
     blocks, _ = fisher_blocks.create_fisher_blocks(model, bn_fisher)
     plan = []
     for b in blocks:
-        dims = assignment_module._dims(b)
+        dims = b.inverted_dims()
         entry = dict(name=b.name, dims=dims, cost=assignment_module.block_cost(b),
                      kind=type(b).__name__, T=1, fwd=0.0, stats_per_image=0.0)
         if len(dims) == 2 and not isinstance(b.link, L.BatchNormalization):

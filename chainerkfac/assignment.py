@@ -4,37 +4,22 @@ import numpy
 ASSIGNMENTS = ('balanced', 'count')
 
 
-def _dims(block):
-    """Dimensions of the matrices a block inverts, from its link's shapes."""
-    from chainerkfac.fisher_blocks import BatchNormalizationBlock
-    if isinstance(block, BatchNormalizationBlock):
-        c = block.link.gamma.shape[0]
-        return {'full': [2 * c], 'unit': [2] * c, 'diag': [1] * (2 * c)}[
-            block.mode]
-    w = block.link.W
-    if w.array is None:
-        raise ValueError('chainerkfac: link {} is not initialised; run one '
-                         'forward pass (or give its input size) before the '
-                         'first distributed update'.format(block.name))
-    d_in = int(numpy.prod(w.shape[1:])) + (1 if block.has_bias else 0)
-    return [d_in, w.shape[0]]
-
-
 def block_cost(block):
-    """Estimated owner-side cost (flops) of one step of a block.
+    """Estimated owner-side cost (flops) of one step of a block, from what
+    the block declares: inversion ``sum d^3`` over the matrices it inverts
+    (:meth:`~chainerkfac.fisher_blocks.FisherBlock.inverted_dims`; Cholesky,
+    triangular solve and product are each ~d^3/3..d^3) plus its
+    preconditioning (:meth:`~chainerkfac.fisher_blocks.FisherBlock.\
+preconditioning_flops`)."""
+    return float(sum(d ** 3 for d in block.inverted_dims()) +
+                 block.preconditioning_flops())
 
-    Inversion ``sum d^3`` (Cholesky, triangular solve and product are each
-    ~d^3/3..d^3) plus preconditioning ``G^-1 M A^-1``:
-    ``2 out in (out + in)``.
-    """
-    dims = _dims(block)
-    cost = float(sum(d ** 3 for d in dims))
-    if len(dims) == 2:
-        d_in, d_out = dims
-        cost += 2.0 * d_in * d_out * (d_in + d_out)
-    else:
-        cost += 2.0 * sum(d * d for d in dims)
-    return cost
+
+def block_owners(blocks, size, strategy='balanced'):
+    """Owner rank of each block (the one function the optimizer, the
+    checkpoints and the benchmarks use): :func:`assign_blocks` of the
+    blocks' :func:`block_cost`."""
+    return assign_blocks([block_cost(b) for b in blocks], size, strategy)
 
 
 def assign_blocks(costs, size, strategy='balanced'):

@@ -153,3 +153,24 @@ def test_long_stale_run_keeps_plans_and_buffers_bounded(comm_dtype):
     buffer bytes beyond the first step's (which refreshes everything)."""
     result = run_mpi(2, 'bounded_memory.py', 200, comm_dtype, 8, timeout=240)
     assert_all_ok(result, 2)
+
+
+@pytest.mark.parametrize('n,comm_dtype', [(2, 'float32'), (3, 'float32'),
+                                          (2, 'float16')])
+def test_fp16_parameters_stay_identical_on_every_rank(tmp_path, n,
+                                                      comm_dtype):
+    """Each rank's fp16 parameters after 4 steps, read from the files the
+    ranks write: bit-identical (the owner used to add its fp32 step while
+    the others added an fp16-rounded copy)."""
+    import numpy
+    result = run_mpi(n, 'fp16_parameters.py', str(tmp_path), comm_dtype)
+    assert result.returncode == 0, result.stdout
+    ranks = [dict(numpy.load(str(tmp_path / 'rank{}.npz'.format(r))))
+             for r in range(n)]
+    assert ranks[0] and all(a.dtype == numpy.float16
+                            for a in ranks[0].values())
+    for other in ranks[1:]:
+        assert other.keys() == ranks[0].keys()
+        for key in ranks[0]:
+            numpy.testing.assert_array_equal(other[key], ranks[0][key],
+                                             err_msg=key)

@@ -79,6 +79,7 @@ def test_grouped_never_moves_more_than_padded(seed):
 
 
 def test_planned_nccl_traffic_of_a_model():
+    from chainerkfac.optimizers import traffic
     from chainerkfac.optimizers.traffic import planned_step_traffic
     from models import resnet
     numpy.random.seed(0)
@@ -86,9 +87,9 @@ def test_planned_nccl_traffic_of_a_model():
     for size in (2, 3, 5):
         for dtype in ('float32', 'float16'):
             plan = planned_step_traffic(model, size, dtype)
-            grouped = nccl_mapping.planned_nccl_traffic(model, size, dtype,
+            grouped = traffic.planned_nccl_traffic(model, size, dtype,
                                                         'grouped')
-            padded = nccl_mapping.planned_nccl_traffic(model, size, dtype,
+            padded = traffic.planned_nccl_traffic(model, size, dtype,
                                                        'padded')
             assert grouped['ours'] == plan['ours']
             assert grouped['pipeline'] == plan['pipeline']

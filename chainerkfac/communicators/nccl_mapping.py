@@ -19,8 +19,9 @@ Since ``(p - 1) w >= total - c_r`` on average (equality iff all counts are
 equal), the grouped mapping never moves more bytes; ``'auto'`` takes the
 padded mapping (one native collective) exactly when the counts are equal,
 where both move the same bytes, and the grouped one otherwise.
-:func:`planned_nccl_traffic` gives a DistributedKFAC step's bytes under each
-(``benchmarks/comm_volume.py`` prints them for ResNet-50).
+:func:`chainerkfac.optimizers.traffic.planned_nccl_traffic` gives a
+DistributedKFAC step's bytes under each (``benchmarks/comm_volume.py`` prints
+them for ResNet-50).
 """
 from chainerkfac.communicators.base import ring_all_gather
 from chainerkfac.communicators.base import ring_reduce_scatter
@@ -110,33 +111,3 @@ class SegmentLayout(object):
     def all_gather_traffic(self, rank):
         """Values (sent, received) by ``rank`` in the mapped all-gather."""
         return ring_all_gather(self.moved_counts(), rank)
-
-
-def planned_nccl_traffic(model, size, comm_dtype='float32', mapping='auto',
-                         bn_fisher='full', assignment='balanced'):
-    """Bytes each rank sends in one DistributedKFAC step through
-    ``'pure_nccl'`` with ``mapping``, from the plan of
-    :func:`chainerkfac.optimizers.traffic.planned_step_traffic` (a step that
-    refreshes every statistic).
-
-    Returns:
-        dict of lists, one entry per rank: ``'ours'`` (everything) and
-        ``'pipeline'`` (stages 2 and 4); for ``'grouped'`` they equal the
-        plan's (the ring volumes of ``'mpi'``).
-    """
-    from chainerkfac.communicators.base import comm_dtype_of
-    from chainerkfac.optimizers.traffic import planned_step_traffic
-    import numpy
-    plan = planned_step_traffic(model, size, comm_dtype, bn_fisher,
-                                assignment)
-    itemsize = numpy.dtype(comm_dtype_of(comm_dtype)).itemsize
-    stage2 = SegmentLayout(plan['stage2_sent'], mapping)
-    stage4 = SegmentLayout(plan['stage4_sent'], mapping)
-    out = {'ours': [], 'pipeline': []}
-    for r in range(size):
-        pipeline = (stage2.reduce_scatter_traffic(r)[0]
-                    + stage4.all_gather_traffic(r)[0]) * itemsize
-        rest = plan['ours'][r] - plan['pipeline'][r]
-        out['pipeline'].append(pipeline)
-        out['ours'].append(pipeline + rest)
-    return out

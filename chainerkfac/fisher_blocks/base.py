@@ -176,6 +176,15 @@ class FisherBlock(object):
         """{statistic name: shape}, from the link's parameter shapes."""
         raise NotImplementedError
 
+    def inverted_dims(self):
+        """The sizes ``d`` of the (``d x d``) matrices the block inverts at a
+        full refresh (the owner's cost model: ``sum d^3``)."""
+        raise NotImplementedError
+
+    def preconditioning_flops(self):
+        """Flops of one :meth:`precondition` call."""
+        raise NotImplementedError
+
     # --- capture (called by the hook) --------------------------------------
     def start_capture(self):
         self._forward_seen = False

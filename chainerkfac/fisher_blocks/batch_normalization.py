@@ -87,6 +87,17 @@ class BatchNormalizationBlock(FisherBlock):
         return {'F': {'full': (2 * c, 2 * c), 'unit': (c, 2, 2),
                       'diag': (2 * c,)}[self.mode]}
 
+    def inverted_dims(self):
+        """``'full'``: one ``2C``; ``'unit'``: ``C`` blocks of 2 (closed
+        form); ``'diag'``: ``2C`` scalars."""
+        c = self.link.gamma.shape[0]
+        return {'full': [2 * c], 'unit': [2] * c, 'diag': [1] * (2 * c)}[
+            self.mode]
+
+    def preconditioning_flops(self):
+        """``2 d^2`` per inverted ``d x d`` (a matrix-vector product)."""
+        return 2.0 * sum(d * d for d in self.inverted_dims())
+
     def start_capture(self):
         super(BatchNormalizationBlock, self).start_capture()
         self._x = None

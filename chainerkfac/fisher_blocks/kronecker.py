@@ -70,6 +70,22 @@ class KroneckerFactoredBlock(FisherBlock):
         d_in += 1 if self.has_bias else 0
         return {'A': (d_in, d_in), 'G': (w.shape[0], w.shape[0])}
 
+    def inverted_dims(self):
+        """``[d_in (+1 with a bias), d_out]``: A and G."""
+        if self.link.W.array is None:
+            raise ValueError(
+                'chainerkfac: link {} is not initialised; run one forward '
+                'pass (or give its input size) before the first distributed '
+                'update'.format(self.name))
+        shapes = self.statistic_shapes()
+        return [shapes['A'][0], shapes['G'][0]]
+
+    def preconditioning_flops(self):
+        """``G^-1 M A^-1`` for ``M`` of ``d_out x d_in``:
+        ``2 d_out d_in (d_out + d_in)``."""
+        d_in, d_out = self.inverted_dims()
+        return 2.0 * d_in * d_out * (d_in + d_out)
+
     def compute_inverses(self, damping, stab_coeff, pi_type, names, status,
                          index):
         """``(A + pi sqrt(gamma) I)^-1`` and ``(G + sqrt(gamma)/pi I)^-1``

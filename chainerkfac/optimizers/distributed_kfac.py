@@ -8,6 +8,7 @@ import numpy
 from chainerkfac import _optional
 from chainerkfac import assignment as assignment_module
 from chainerkfac import errors
+from chainerkfac import wire
 try:  # mpi4py: the [mpi] extra; without it DistributedKFAC() says what to install
     from mpi4py import MPI
     from chainerkfac.communicators.mpi_communicator import comm_dtype_of
@@ -35,10 +36,6 @@ def _first_mismatch(reference, signature, rank):
                 *(a + (rank,) + b))
     return 'rank 0 has {} arrays, rank {} has {}'.format(
         len(reference), rank, len(signature))
-
-
-def _is_symmetric(array):
-    return array.ndim == 2 and array.shape[0] == array.shape[1]
 
 
 class DistributedKFAC(KFAC):
@@ -107,7 +104,8 @@ class DistributedKFAC(KFAC):
         self._pending_a = None
         self._old_params = None
         self._missing = []          # this step's due statistics not captured
-        self._missing_flag = None   # their flag, sent in every segment
+        self._tail = None           # their flag (and the loss), every segment
+        self._layout = None         # this step's wire.StepLayout
         self._missing_seen = None   # the flags' mean over ranks (device)
         self._examples = {}         # schedule key -> examples behind it here
         self._mean_loss = None      # the step's loss, mean over ranks
@@ -181,18 +179,12 @@ class DistributedKFAC(KFAC):
         self._agree_on_loaded_state()
         self._check_models_agree()
         self._broadcast_model()
-        self.owners = self._assign_blocks()
+        self.owners = assignment_module.block_owners(
+            self.fisher_blocks, self.communicator.size, self.assignment)
         self._blocks_by_rank = [
             [b for b, r in zip(self.fisher_blocks, self.owners) if r == rank]
             for rank in range(self.communicator.size)]
         self.owned_blocks = self._blocks_by_rank[self.communicator.rank]
-
-    def _assign_blocks(self):
-        """Owner rank of each Fisher block (deterministic from the model and
-        the process count)."""
-        costs = [assignment_module.block_cost(b) for b in self.fisher_blocks]
-        return assignment_module.assign_blocks(
-            costs, self.communicator.size, self.assignment)
 
     def blocks_of(self, rank):
         """The blocks owned by ``rank``, in block order."""
@@ -208,19 +200,28 @@ class DistributedKFAC(KFAC):
             self._synchronize()
         super(DistributedKFAC, self).update(lossfun, *args, **kwds)
 
+    def _step_layout(self):
+        """This step's :class:`~chainerkfac.wire.StepLayout` (built once per
+        step: the schedule's due statistics are known before the forward
+        pass and the same on every rank)."""
+        if self._layout is None:
+            self._layout = wire.StepLayout(
+                self._blocks_by_rank, lambda block: block.due,
+                self.communicate_after_forward,
+                2 if self.schedule.uses_change else 1)
+        return self._layout
+
     def after_forward(self):
         if self._distributed and self.communicate_after_forward:
-            per_rank = []
-            for rank in range(self.communicator.size):
-                items = []
-                for block in self.blocks_of(rank):
-                    if 'A' in block.due:  # the schedule: same on every rank
-                        stats, moments = self._due_statistics(block, ['A'])
-                        block.pending_a = True
-                        items += [(stats['A'], True), (moments['A'], False)]
-                per_rank.append(items)
+            layout = self._step_layout()
+            local = {}
+            for block in self.fisher_blocks:
+                if 'A' in block.due:
+                    local[block] = self._due_statistics(block, ['A'])
             self._pending_a = self.communicator.start_reduce_scatter_v(
-                per_rank, self.comm_dtype, purpose='rs_forward')
+                [self._arrays(layout.forward(r), local)
+                 for r in range(self.communicator.size)],
+                self.comm_dtype, purpose='rs_forward')
 
     def _due_statistics(self, block, names):
         """This rank's statistics ``names`` of ``block`` (all due), and
@@ -252,71 +253,72 @@ class DistributedKFAC(KFAC):
                          else xp.asarray(moment, stats[name].dtype).reshape(1))
         return stats, out
 
-    def _stage2_items(self, rank, local):
-        """(array, symmetric) pairs of ``rank``'s segment: each block's
-        gradients, then its due statistics (those not sent after the
-        forward pass), each followed by its per-example moment (one value),
-        then the flag of statistics this rank missed and, with the stale
-        rule, this rank's loss (every rank's go into every segment, so
-        every rank learns whether any rank missed one, and the mean
-        loss)."""
-        items = []
-        for block in self.blocks_of(rank):
-            items += [(p.grad, False) for p in block.params]
-            stats, moments = local[block]
-            for name in block.statistic_names:
-                if name in stats:
-                    stat = stats[name]
-                    items += [(stat, _is_symmetric(stat)),
-                              (moments[name], False)]
-        items.append((self._missing_flag, False))
-        return items
+    def _arrays(self, entries, local):
+        """The ``(array, symmetric)`` pairs this rank sends for ``entries``
+        (:mod:`chainerkfac.wire`): its gradients, statistics and moments
+        (``local[block] = (stats, moments)``) and its tail."""
+        out = []
+        for e in entries:
+            if e.kind == wire.GRADIENT:
+                array = getattr(e.block.link, e.name).grad
+            elif e.kind == wire.STATISTIC:
+                array = local[e.block][0][e.name]
+            elif e.kind == wire.MOMENT:
+                array = local[e.block][1][e.name]
+            else:
+                array = self._tail
+            out.append((array, e.symmetric))
+        return out
 
     def exchange_statistics_and_gradients(self):
         if not self._distributed:
             return super(
                 DistributedKFAC, self).exchange_statistics_and_gradients()
-        comm = self.communicator
+        comm, layout = self.communicator, self._step_layout()
         local = {}
         for block in self.fisher_blocks:
             names = [n for n in block.statistic_names if n in block.due
-                     and not (n == 'A' and getattr(block, 'pending_a', False))]
+                     and not (n == 'A' and self.communicate_after_forward)]
             local[block] = self._due_statistics(block, names)
         xp = self.target.xp
         flag = xp.full(1, 1.0 if self._missing else 0.0, numpy.float32)
         self._mean_loss = None
         loss = self.step_loss()
-        self._missing_flag = flag if loss is None else xp.concatenate(
+        self._tail = flag if loss is None else xp.concatenate(
             [flag, loss.reshape(1)])
         received = comm.reduce_scatter_v(
-            [self._stage2_items(r, local) for r in range(comm.size)],
+            [self._arrays(layout.stage2(r), local) for r in range(comm.size)],
             self.comm_dtype)
-        forward_a = self._pending_a.wait() if self._pending_a else []
+        own = layout.stage2(comm.rank)
+        if self._pending_a is not None:
+            own = own + layout.forward(comm.rank)
+            received = list(received) + list(self._pending_a.wait())
         self._pending_a = None
-        self._missing_seen = received[-1][:1]
-        self._mean_loss = None if loss is None else received[-1][1]
-        received, forward_a = iter(received[:-1]), iter(forward_a)
-        statistics = []
-        for block in self.owned_blocks:
-            for param in block.params:
-                param.grad[...] = next(received)
-            stats, moments = {}, {}
-            for name in block.statistic_names:
-                source = None
-                if name in local[block][0]:
-                    source = received
-                elif name == 'A' and getattr(block, 'pending_a', False):
-                    source = forward_a
-                if source is not None:
-                    stats[name] = next(source)
-                    examples = self._examples.get(block.schedule_keys[name], 0)
-                    moments[name] = (next(source).reshape(()),
-                                     examples * comm.size)
-            statistics.append((block, stats, moments))
-        for block in self.fisher_blocks:
-            block.pending_a = False
+        stats = dict((b, ({}, {})) for b in self.owned_blocks)
+        for e, array in zip(own, received):
+            if e.kind == wire.GRADIENT:
+                getattr(e.block.link, e.name).grad[...] = array
+            elif e.kind == wire.STATISTIC:
+                stats[e.block][0][e.name] = array
+            elif e.kind == wire.MOMENT:
+                examples = self._examples.get(e.block.schedule_keys[e.name], 0)
+                stats[e.block][1][e.name] = (array.reshape(()),
+                                             examples * comm.size)
+            else:
+                self._missing_seen = array[:1]
+                self._mean_loss = None if loss is None else array[1]
         self._allreduce_plain_and_bn()
-        return statistics
+        ordered = []
+        for block in self.owned_blocks:            # in statistic_names order
+            values, moments = stats[block]
+            ordered.append((block, dict(
+                (n, values[n]) for n in block.statistic_names
+                if n in values), moments))
+        return ordered
+
+    def _set_due_statistics(self):
+        super(DistributedKFAC, self)._set_due_statistics()
+        self._layout = None
 
     def step_loss(self):
         """This rank's loss before stage 2, the mean over ranks after it."""
@@ -366,41 +368,46 @@ class DistributedKFAC(KFAC):
         learns each owner's schedule decisions (one value per statistic of
         its blocks, every step: the next interval of a refreshed statistic,
         -1 for an early refresh, 0 otherwise), so the schedule of the next
-        step is identical everywhere."""
+        step is identical everywhere. Steps travel in at least float32 and
+        every rank, the owner too, adds the same received step, so all
+        ranks hold identical parameters whatever the parameters' dtype."""
         if not self._distributed:
             return decisions
         comm, rank = self.communicator, self.communicator.rank
-        own = []
-        for block, olds in zip(self.owned_blocks, self._old_params):
-            for param, old in zip(block.params, olds):
-                dtype = numpy.promote_types(param.dtype, numpy.float32)
-                own.append(param.array.astype(dtype) - old.astype(dtype))
-        keys = [self._schedule_keys(r) for r in range(comm.size)]
-        if keys[rank]:
-            own.append(numpy.array([decisions[k] for k in keys[rank]],
-                                   numpy.float32))
+        layout = self._step_layout()
+        olds = dict((id(p), old) for block, olds in zip(self.owned_blocks,
+                                                        self._old_params)
+                    for p, old in zip(block.params, olds))
         per_rank = []
         for r in range(comm.size):
-            if r == rank:
-                per_rank.append(own)
-                continue
-            arrays = [p.array for b in self.blocks_of(r) for p in b.params]
-            if keys[r]:
-                arrays.append(numpy.empty(len(keys[r]), numpy.float32))
+            arrays = []
+            for e in layout.stage4(r):
+                if e.kind == wire.DECISIONS:
+                    keys = layout.schedule_keys(r)
+                    arrays.append(numpy.array([decisions[k] for k in keys],
+                                              numpy.float32) if r == rank
+                                  else numpy.empty(len(keys), numpy.float32))
+                    continue
+                param = getattr(e.block.link, e.name)
+                dtype = wire.step_dtype(param.dtype)
+                if r == rank:
+                    arrays.append(param.array.astype(dtype)
+                                  - olds[id(param)].astype(dtype))
+                else:
+                    arrays.append(param.xp.empty(param.shape, dtype))
             per_rank.append(arrays)
         gathered = comm.all_gather_v(per_rank, self.comm_dtype)
         everything = {}
         for r in range(comm.size):
-            params = [p for b in self.blocks_of(r) for p in b.params]
-            if keys[r]:
-                received = chainer.backend.CpuDevice().send(gathered[r][-1])
-                everything.update((k, int(round(float(v))))
-                                  for k, v in zip(keys[r], received))
-            if r == rank:
-                olds = [o for olds in self._old_params for o in olds]
-            else:
-                olds = [p.array for p in params]
-            for param, old, step in zip(params, olds, gathered[r]):
+            for e, step in zip(layout.stage4(r), gathered[r]):
+                if e.kind == wire.DECISIONS:
+                    received = chainer.backend.CpuDevice().send(step)
+                    everything.update(
+                        (k, int(round(float(v))))
+                        for k, v in zip(layout.schedule_keys(r), received))
+                    continue
+                param = getattr(e.block.link, e.name)
+                old = olds[id(param)] if r == rank else param.array
                 new = old.astype(step.dtype, copy=False) + step
                 param.array[...] = new.astype(param.dtype, copy=False)
         self._old_params = None
@@ -413,11 +420,6 @@ class DistributedKFAC(KFAC):
             return super(DistributedKFAC, self).refreshed_keys()
         return set(b.schedule_keys[n] for b in self.fisher_blocks
                    for n in b.due)
-
-    def _schedule_keys(self, rank):
-        """The schedule keys of ``rank``'s blocks, in block order."""
-        return [b.schedule_keys[n] for b in self.blocks_of(rank)
-                for n in b.statistic_names]
 
     # --- loading a snapshot: one rank's state is not every rank's ----------
     def serialize(self, serializer):
@@ -440,7 +442,8 @@ class DistributedKFAC(KFAC):
         None. A snapshot holding no block's state (taken before the first
         update) or every block's (one process's) passes."""
         try:
-            owners = self.owners or self._assign_blocks()
+            owners = self.owners or assignment_module.block_owners(
+                self.fisher_blocks, self.communicator.size, self.assignment)
         except ValueError:   # links not initialised: no assignment yet
             return None
         rank = self.communicator.rank

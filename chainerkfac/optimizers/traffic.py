@@ -1,17 +1,19 @@
 """Planned communication volume of one DistributedKFAC step.
 
-Computed from the same assignment, statistic shapes and packing as the real
-step (``benchmarks/comm_volume.py`` checks it against the communicator's
-counters), under the ring algorithms' volumes of
-:mod:`chainerkfac.communicators.mpi_communicator`.
+Computed from the step's own wire layout (:mod:`chainerkfac.wire`), owners
+and packing (``benchmarks/comm_volume.py`` checks it against the
+communicator's counters), under the ring algorithms' volumes of
+:mod:`chainerkfac.communicators.mpi_communicator`, and under the NCCL
+mappings of :mod:`chainerkfac.communicators.nccl_mapping`.
 """
 import chainer.links as L
 import numpy
 
 from chainerkfac import assignment as assignment_module
 from chainerkfac import fisher_blocks
+from chainerkfac import wire
 from chainerkfac.communicators import mpi_communicator as mc
-from chainerkfac.communicators.packing import packed_size
+from chainerkfac.communicators import nccl_mapping
 
 
 def _size(shape):
@@ -46,41 +48,31 @@ def planned_step_traffic(model, size, comm_dtype='float32',
     synchronised).
     """
     blocks, _ = fisher_blocks.create_fisher_blocks(model, bn_fisher)
-    costs = [assignment_module.block_cost(b) for b in blocks]
-    owners = assignment_module.assign_blocks(costs, size, assignment)
+    owners = assignment_module.block_owners(blocks, size, assignment)
+    by_rank = [[b for b, r in zip(blocks, owners) if r == rank]
+               for rank in range(size)]
+    layout = wire.StepLayout(by_rank, lambda b: b.statistic_names,
+                             tail_size=2 if stale else 1)
     itemsize = numpy.dtype(mc.comm_dtype_of(comm_dtype)).itemsize
     fp16 = itemsize == 2
-    stage2, stage4, n_arrays = [0] * size, [0] * size, [0] * size
-    n_stats = [0] * size
-    for block, owner in zip(blocks, owners):
-        for p in block.params:
-            stage2[owner] += p.size
-            stage4[owner] += p.size
-        for shape in block.statistic_shapes().values():
-            sym = len(shape) == 2 and shape[0] == shape[1]
-            stage2[owner] += packed_size(shape, sym)
-        n_arrays[owner] += len(block.params)
-        n_stats[owner] += len(block.statistic_names)
-    # every statistic is followed by its per-example moment (one value in
-    # an array of its own: the stale rule's sampling-noise estimate)
-    stage2_arrays = sum(len(b.params) + 2 * len(b.statistic_names)
-                        for b in blocks)
+
+    def parameters(entries):
+        return sum(e.size for e in entries
+                   if e.kind in (wire.GRADIENT, wire.STEP))
+    stage2 = [parameters(layout.stage2(r)) +
+              sum(e.size for e in layout.stage2(r)
+                  if e.kind == wire.STATISTIC) for r in range(size)]
+    stage4 = [parameters(layout.stage4(r)) for r in range(size)]
+    stage2_sent = [wire.values(layout.stage2(r)) for r in range(size)]
+    # fp16: one exponent per array in stage 4, in the segment's head
+    stage4_sent = [wire.values(layout.stage4(r)) +
+                   (len(layout.stage4(r)) if fp16 else 0)
+                   for r in range(size)]
+    stage2_arrays = sum(len(layout.stage2(r)) for r in range(size))
     covered = set(id(p) for b in blocks for p in b.params)
     extra = sum(p.size for p in model.params() if id(p) not in covered)
     extra += sum(2 * lk.avg_mean.size for lk in model.links()
                  if isinstance(lk, L.BatchNormalization))
-    # stage 4 also carries the owners' schedule decisions (steps until due,
-    # one value per statistic of its blocks, in one more array)
-    stage4_sent = [c + k for c, k in zip(stage4, n_stats)]
-    # stage 2 also carries the statistics' moments, and, in every rank's
-    # segment, the flag of due statistics some rank did not capture and,
-    # with the stale rule, the loss (one more array per segment)
-    tail = 2 if stale else 1
-    stage2_sent = [c + k + tail for c, k in zip(stage2, n_stats)]
-    stage2_arrays += size
-    if fp16:
-        stage4_sent = [c + n + (1 if k else 0) for c, n, k in
-                       zip(stage4_sent, n_arrays, n_stats)]
     result = {'ours': [], 'pipeline': [], 'original': [],
               'stage2_counts': stage2, 'stage4_counts': stage4,
               'stage2_sent': stage2_sent, 'stage4_sent': stage4_sent}
@@ -95,3 +87,29 @@ def planned_step_traffic(model, size, comm_dtype='float32',
         result['original'].append((mc.ring_allreduce(sum(stage2), size)
                                    + mc.ring_allreduce(sum(stage4), size)) * 4)
     return result
+
+
+def planned_nccl_traffic(model, size, comm_dtype='float32', mapping='auto',
+                         bn_fisher='full', assignment='balanced'):
+    """Bytes each rank sends in one DistributedKFAC step through
+    ``'pure_nccl'`` with ``mapping``, from the plan of
+    :func:`planned_step_traffic` (a step that refreshes every statistic).
+
+    Returns:
+        dict of lists, one entry per rank: ``'ours'`` (everything) and
+        ``'pipeline'`` (stages 2 and 4); for ``'grouped'`` they equal the
+        plan's (the ring volumes of ``'mpi'``).
+    """
+    plan = planned_step_traffic(model, size, comm_dtype, bn_fisher,
+                                assignment)
+    itemsize = numpy.dtype(mc.comm_dtype_of(comm_dtype)).itemsize
+    stage2 = nccl_mapping.SegmentLayout(plan['stage2_sent'], mapping)
+    stage4 = nccl_mapping.SegmentLayout(plan['stage4_sent'], mapping)
+    out = {'ours': [], 'pipeline': []}
+    for r in range(size):
+        pipeline = (stage2.reduce_scatter_traffic(r)[0]
+                    + stage4.all_gather_traffic(r)[0]) * itemsize
+        rest = plan['ours'][r] - plan['pipeline'][r]
+        out['pipeline'].append(pipeline)
+        out['ours'].append(pipeline + rest)
+    return out

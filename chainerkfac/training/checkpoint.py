@@ -128,9 +128,8 @@ def block_owners(optimizer, size):
     if owners is not None and communicator is not None and \
             communicator.size == size:
         return list(owners)
-    costs = [assignment_module.block_cost(b) for b in blocks]
-    return assignment_module.assign_blocks(
-        costs, size, getattr(optimizer, 'assignment', 'balanced'))
+    return assignment_module.block_owners(
+        blocks, size, getattr(optimizer, 'assignment', 'balanced'))
 
 
 def _join(*parts):
