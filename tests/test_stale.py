@@ -55,8 +55,7 @@ def test_example_moment_probes_are_unbiased_and_centre_exactly(rng,
     mean = xs.mean(0)
     size = d + 1 if with_bias else d
     z = rng.choice([-1.0, 1.0], (size, 3))
-    moment = float(block_base.example_moment(columns, n, 0.5, with_bias, z,
-                                             chunk_elements=7))
+    moment = float(block_base.example_moment(columns, n, 0.5, with_bias, z))
     centred = sum(float((((x - mean) @ z) ** 2).sum()) for x in xs) / (3 * n)
     owner = float(block_base.statistic_square_norm(mean, z))
     assert moment - owner == pytest.approx(centred, rel=1e-10)
