@@ -34,7 +34,9 @@ many as wrote it the run continues exactly; on another number the owned
 state moves to the new owners and the data shards are re-split (see
 :func:`resume`). Snapshots of the earlier per-rank format
 (``snapshot_iter_<N>_rank<r>``, every rank the whole trainer) resume on as
-many processes as wrote them.
+many processes as wrote them. One trainer file (the original's ``--resume``
+of ChainerMN's rank-0 snapshot) holds one rank's share of the optimizer's
+state and is refused in one line (``--initmodel`` takes its weights).
 
 With ``--gpu`` each rank trains on its node-local GPU (``comm.intra_rank``):
 the model (and so the optimizer's state) lives there and the updater's and
@@ -43,6 +45,14 @@ Without a usable GPU for every rank, every rank stops with one line saying
 what is missing (:mod:`chainerkfac.training.device`). The GPU path has not run
 on a GPU from this repository's machines yet: ``scripts/gpu_check.sh`` is the
 check to run on one.
+
+The script is laid out by responsibility, each section a few short
+functions: the command line; the configuration; the data (lists, shards,
+augmentation, loaders); the model and optimizer; the trainer (what every
+rank runs); reporting (rank 0's log, plots and files); resuming; and
+:func:`run`, which puts them together. Its trainer extensions and triggers
+are the package's (:mod:`chainerkfac.training.extensions`,
+:mod:`chainerkfac.training.triggers`), shared with the examples.
 """
 import argparse
 import json
@@ -50,6 +60,7 @@ import multiprocessing
 import os
 import re
 import sys
+import types
 import warnings
 
 # chainerkfac before chainer: it makes Chainer 7.8.1 import on NumPy 2 (the
@@ -62,6 +73,7 @@ from chainer import serializers
 from chainer import training
 from chainer.training import extensions
 
+from chainerkfac import errors
 from chainerkfac import threads as kfac_threads
 from chainerkfac.datasets import image_list
 from chainerkfac.datasets.augment import BatchAugmenter
@@ -71,8 +83,12 @@ from chainerkfac.training import checkpoint
 from chainerkfac.training import config as config_module
 from chainerkfac.training import device as device_module
 from chainerkfac.training import extensions as kfac_extensions
+from chainerkfac.training import resharding
+from chainerkfac.training import triggers
 from chainerkfac.training.classifier import Classifier
 from models import resnet
+
+PROG = 'train_imagenet.py'
 
 #: command-line options that override a configuration key of the same name
 #: (ours, or the original's, mapped by chainerkfac.training.original)
@@ -87,7 +103,8 @@ CONFIG_OPTIONS = (
 
 #: snapshot keys that differ between ranks (each rank's file holds its own)
 RANK_LOCAL = ('updater/iterator:main', 'extensions/random_state')
-OPTIMIZER_PATH = 'updater/optimizer:main'
+OPTIMIZER_PATH = checkpoint.OPTIMIZER_PATH
+
 
 class UsageError(Exception):
     """Bad input found before or at the first step; exit with its message."""
@@ -98,6 +115,7 @@ class AgreedUsageError(UsageError):
     once and every rank exits (no abort)."""
 
 
+# --- command line ----------------------------------------------------------
 def _switch(group, name, help_on, help_off):
     """``--name`` (true) and ``--no_name`` (false), both default None (the
     configuration decides)."""
@@ -107,17 +125,15 @@ def _switch(group, name, help_on, help_off):
                        const=False, help=help_off)
 
 
-def build_parser():
-    p = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        epilog='Options marked (original) are those of the original '
-        "code's examples/imagenet/train.py, with its meaning; options given "
-        'here override the configuration file (the original let the file '
-        'override them). docs/migrating.md maps every original option and '
-        'key.')
-    p.add_argument('train', help='training list file (path label per line)')
-    p.add_argument('val', help='validation list file')
+def _floats(g, *options):
+    """``--name`` (a float, default None: the configuration decides) for
+    each ``(name, help)`` of ``options``."""
+    for name, text in options:
+        g.add_argument('--' + name, type=float, help=text)
 
+
+def _data_options(p):
+    """Options: the list files, their roots, normalisation and loaders."""
     g = p.add_argument_group('data')
     g.add_argument('--train_root', default='.',
                    help='directory the training list is relative to '
@@ -144,6 +160,9 @@ def build_parser():
                    help='skip undecodable images (counted) instead of '
                    'stopping with an error naming the file')
 
+
+def _configuration_options(p):
+    """Options: the configuration file and where the resolved one goes."""
     g = p.add_argument_group('configuration')
     g.add_argument('--config', help='JSON configuration: configs/*.json, or '
                    "the original's examples/imagenet/configs/*.json "
@@ -152,6 +171,9 @@ def build_parser():
                    help='name, under --out, of the resolved configuration '
                    'written at the start (original)')
 
+
+def _model_options(p):
+    """Options: the model and its initial weights."""
     g = p.add_argument_group('model')
     g.add_argument('--arch', help="model: resnet50, resnet50_d, resnet8, "
                    "resnet20, ...")
@@ -163,6 +185,9 @@ def build_parser():
                    'of an npz: a model, an original trainer snapshot, or a '
                    'snapshot_iter_<N> directory of this script')
 
+
+def _length_options(p):
+    """Options: mini-batches and how long the run is."""
     g = p.add_argument_group('mini-batch and length')
     g.add_argument('--batchsize', type=int, help='per process (original)')
     g.add_argument('--val_batchsize', type=int, help='(original)')
@@ -173,6 +198,9 @@ def build_parser():
     g.add_argument('--iterations', type=int,
                    help='stop after this many K-FAC updates (smoke runs)')
 
+
+def _optimizer_options(p):
+    """Options: K-FAC's hyper-parameters."""
     g = p.add_argument_group('K-FAC optimizer')
     g.add_argument('--lr', type=float, help='initial learning rate (original)')
     g.add_argument('--momentum', type=float, help='(original)')
@@ -195,31 +223,35 @@ def build_parser():
             'the backward pass (original)', 'reduce them after the backward '
             'pass (default)')
 
+
+def _schedule_options(p):
+    """Options: the learning-rate schedule."""
     g = p.add_argument_group('learning-rate schedule')
     g.add_argument('--lr_plan', help="(original) 'polynomial'; any other "
                    'value: a constant lr')
-    g.add_argument('--epoch_lr_decay_start', type=float,
-                   help='(original) epoch the polynomial decay starts')
-    g.add_argument('--polynomial_decay_p', type=float,
-                   help='(original) power p of the decay')
-    g.add_argument('--polynomial_epoch', type=float,
-                   help='(original) the decay ends at max(epoch, this)')
+    _floats(g, ('epoch_lr_decay_start',
+                '(original) epoch the polynomial decay starts'),
+            ('polynomial_decay_p', '(original) power p of the decay'),
+            ('polynomial_epoch',
+             '(original) the decay ends at max(epoch, this)'))
 
+
+def _augmentation_options(p):
+    """Options: mixup and random erasing."""
     g = p.add_argument_group('augmentation')
     g.add_argument('--mixup_alpha', type=float,
                    help='mixup Beta(alpha, alpha); 0: off (original)')
     _switch(g, 'running_mixup', 'mix with the previous mixed batch '
             '(original; on by default, and its flag could not turn it off)',
             'mix with a permutation of the batch instead')
-    g.add_argument('--re_rate', type=float,
-                   help='(original) random erasing probability')
-    g.add_argument('--re_area_rl', type=float,
-                   help='(original) erased area fraction, low')
-    g.add_argument('--re_area_rh', type=float,
-                   help='(original) erased area fraction, high')
-    g.add_argument('--re_aspect_rl', type=float,
-                   help='(original) aspect ratio low (high: 1)')
+    _floats(g, ('re_rate', '(original) random erasing probability'),
+            ('re_area_rl', '(original) erased area fraction, low'),
+            ('re_area_rh', '(original) erased area fraction, high'),
+            ('re_aspect_rl', '(original) aspect ratio low (high: 1)'))
 
+
+def _device_options(p):
+    """Options: GPUs."""
     g = p.add_argument_group('device')
     g.add_argument('--gpu', action='store_true',
                    help='train on GPUs: each rank on its node-local device '
@@ -230,6 +262,9 @@ def build_parser():
                    '(no effect without cuDNN, e.g. on CuPy 14; the '
                    "original's flag did nothing)")
 
+
+def _run_options(p):
+    """Options: output, logging, snapshots and resuming."""
     g = p.add_argument_group('run, logging and snapshots')
     g.add_argument('--out', '-o', default='result', help='(original)')
     g.add_argument('--resume', help='a snapshot_iter_<N> directory (on any '
@@ -251,6 +286,23 @@ def build_parser():
                    '(ParameterStatistics)')
     g.add_argument('--seed', type=int, default=0)
     g.add_argument('--no_progress', action='store_true')
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog='Options marked (original) are those of the original '
+        "code's examples/imagenet/train.py, with its meaning; options given "
+        'here override the configuration file (the original let the file '
+        'override them). docs/migrating.md maps every original option and '
+        'key.')
+    p.add_argument('train', help='training list file (path label per line)')
+    p.add_argument('val', help='validation list file')
+    for add_options in (_data_options, _configuration_options,
+                        _model_options, _length_options, _optimizer_options,
+                        _schedule_options, _augmentation_options,
+                        _device_options, _run_options):
+        add_options(p)
     return p
 
 
@@ -267,6 +319,7 @@ def parse_args(argv=None):
     return args
 
 
+# --- configuration ---------------------------------------------------------
 def build_config(args):
     """The resolved configuration (:func:`resolve_config`): ``--config``
     (either format) with the options of :data:`CONFIG_OPTIONS` over it."""
@@ -296,6 +349,36 @@ def apply_run_options(args, resolved):
     return applied
 
 
+def report_resolution(args, resolved, from_file):
+    """Rank 0: the configuration's warnings, one line each, and the run
+    options taken from the file."""
+    for line in resolved.warnings:
+        sys.stderr.write('train_imagenet.py: warning: {}\n'.format(line))
+    sys.stderr.flush()
+    if from_file:
+        print('options from {}: {}'.format(args.config, ', '.join(
+            '--{} {}'.format(k, getattr(args, k)) for k in from_file)),
+            flush=True)
+
+
+def configure(args, comm, device):
+    """``(resolved, from_file)``: the resolved configuration and the run
+    options taken from its file, applied to ``args`` (the original's
+    ``--test``: evaluate and log every 10 iterations); rank 0 reports them."""
+    resolved = build_config(args)
+    from_file = apply_run_options(args, resolved)
+    if device is not None and 'use_tensor_core' in from_file:
+        device_module.configure_cudnn(args.use_tensor_core)
+    if args.test:   # the original's --test: evaluate and log every 10
+        for name in ('eval_interval', 'log_interval'):
+            if name not in args.given:
+                setattr(args, name, 10)
+    if comm.rank == 0:
+        report_resolution(args, resolved, from_file)
+    return resolved, from_file
+
+
+# --- data ------------------------------------------------------------------
 def read_lists(args, comm):
     """Rank 0 reads and checks both lists; every rank gets them."""
     payload = None
@@ -337,6 +420,113 @@ def normalization(args, channels, crop_size):
                                               channels, crop_size))
 
 
+def make_shards(args, comm, train_pairs, val_pairs, crop, mean, std):
+    """``(train, val, shard_indices)``: this rank's training and validation
+    datasets, and the global index of each example of its training shard
+    (what ``scatter_dataset(train_pairs, shuffle=True)`` would give), kept
+    in the snapshot so that a resume on another process count knows the
+    data seen."""
+    shard_indices = numpy.asarray(chainermn.scatter_dataset(
+        numpy.arange(len(train_pairs)), comm, shuffle=True,
+        seed=args.seed)[:], numpy.int64)
+    train_shard = [train_pairs[i] for i in shard_indices]
+    val_shard = chainermn.scatter_dataset(val_pairs, comm)
+    train = image_list.UncroppedImageDataset(
+        train_shard, crop, channels=args.channels,
+        skip_corrupt=args.skip_corrupt)
+    val = image_list.ImageListDataset(
+        val_shard, crop, train=False, mean=mean, std=std,
+        channels=args.channels, skip_corrupt=args.skip_corrupt)
+    return train, val, shard_indices
+
+
+def make_augmenter(args, config, crop, mean, std, n_class, rank):
+    """The training batches' crops, flips, normalisation, mixup and random
+    erasing, from random states of their own (part of the snapshot)."""
+    erasing = None
+    if config['random_erasing_p'] > 0:
+        erasing = dict(p=config['random_erasing_p'],
+                       area=tuple(config['random_erasing_area']),
+                       aspect=tuple(config['random_erasing_aspect']))
+    dtype = numpy.float16 if config['fp16'] else numpy.float32
+    return BatchAugmenter(
+        crop, mean, std, n_class, mixup_alpha=config['mixup_alpha'],
+        running_mixup=config['running_mixup'], erasing=erasing,
+        seed=args.seed + 7919 * (rank + 1), dtype=dtype, return_labels=True)
+
+
+#: environment variables of MPI launchers (MPICH's Hydra, Open MPI, PMIx)
+MPI_LAUNCHER_ENV = ('PMI_', 'PMIX_', 'HYDRA_', 'HYDI_', 'MPIR_', 'OMPI_',
+                    'MPI_LOCALNRANKS', 'MPI_LOCALRANKID')
+
+
+def start_loader_server():
+    """Starts multiprocessing's forkserver outside MPI: without the
+    launcher's environment and with ``MPI4PY_RC_INITIALIZE=false``, so that
+    the loader processes, which import this script, do not initialise MPI
+    (under mpiexec they would wait for the launcher)."""
+    from multiprocessing import forkserver
+    saved = dict(os.environ)
+    try:
+        for key in list(os.environ):
+            if key.startswith(MPI_LAUNCHER_ENV):
+                del os.environ[key]
+        os.environ['MPI4PY_RC_INITIALIZE'] = 'false'
+        forkserver.ensure_running()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def make_iterators(args, config, train, val, sampler):
+    """The original's ``--iterator``: loader threads (``thread``), processes
+    (``process``; started by a forkserver, as the original, since forking a
+    process that uses InfiniBand may crash it) or none (``serial``, also
+    for ``--loaderjob 0``)."""
+    kind = args.iterator if args.loaderjob > 0 else 'serial'
+    batch, val_batch = config['batchsize'], config['val_batchsize']
+    if kind == 'process':
+        if multiprocessing.get_start_method(allow_none=True) is None:
+            multiprocessing.set_start_method('forkserver')
+        if multiprocessing.get_start_method() == 'forkserver':
+            start_loader_server()
+        return (chainer.iterators.MultiprocessIterator(
+            train, batch, n_processes=args.loaderjob, order_sampler=sampler),
+            chainer.iterators.MultiprocessIterator(
+                val, val_batch, repeat=False, shuffle=False,
+                n_processes=args.loaderjob))
+    if kind == 'thread':
+        return (chainer.iterators.MultithreadIterator(
+            train, batch, n_threads=args.loaderjob, order_sampler=sampler),
+            chainer.iterators.MultithreadIterator(
+                val, val_batch, repeat=False, shuffle=False,
+                n_threads=args.loaderjob))
+    return (chainer.iterators.SerialIterator(train, batch,
+                                             order_sampler=sampler),
+            chainer.iterators.SerialIterator(val, val_batch, repeat=False,
+                                             shuffle=False))
+
+
+def build_data(args, config, comm, train_pairs, val_pairs, n_class, mean,
+               std):
+    """This rank's data: ``train`` and ``val`` (its shards), their
+    iterators, ``shard_indices``, the ``augmenter``, the iterator's order
+    state ``order_rng``, the whole training set's size and ``--seed``."""
+    crop = config['crop_size']
+    train, val, shard_indices = make_shards(args, comm, train_pairs,
+                                            val_pairs, crop, mean, std)
+    order_rng = numpy.random.RandomState(args.seed + 1000 * (comm.rank + 1))
+    sampler = chainer.iterators.ShuffleOrderSampler(order_rng)
+    train_iter, val_iter = make_iterators(args, config, train, val, sampler)
+    augmenter = make_augmenter(args, config, crop, mean, std, n_class,
+                               comm.rank)
+    return types.SimpleNamespace(
+        train=train, val=val, train_iter=train_iter, val_iter=val_iter,
+        shard_indices=shard_indices, augmenter=augmenter,
+        order_rng=order_rng, dataset_size=len(train_pairs), seed=args.seed)
+
+
+# --- model and optimizer ---------------------------------------------------
 def build_model(config, n_class, channels):
     kwargs = {}
     if config['arch'] not in ('resnet50', 'resnet50_d'):
@@ -382,6 +572,185 @@ def build_optimizer(config, comm, model):
     return optimizer
 
 
+#: where a model's arrays may sit in an ``--initmodel`` npz: ours
+#: (``snapshot_iter_<N>/shared.npz``, a saved Classifier), the original's
+#: trainer snapshot (its model held no predictor), a bare model
+INITMODEL_PREFIXES = ('updater/model:main/predictor/', 'predictor/',
+                      'updater/model:main/', '')
+
+
+def load_initmodel(model, path):
+    """The original's ``--initmodel``: the predictor's parameters and BN
+    statistics from an npz (a ``snapshot_iter_<N>`` directory: its
+    ``shared.npz``). Returns the prefix they were found under."""
+    if os.path.isdir(path):
+        path = os.path.join(path, checkpoint.SHARED)
+    try:
+        with numpy.load(path) as f:
+            keys = set(f.files)
+    except (OSError, ValueError) as e:
+        raise UsageError('--initmodel {}: {}'.format(path, e))
+    names = [name.lstrip('/') for name, _ in model.predictor.namedparams()]
+    for prefix in INITMODEL_PREFIXES:
+        if all(prefix + name in keys for name in names):
+            break
+    else:
+        raise UsageError(
+            "--initmodel {}: no parameters of this model in it (looked for "
+            "{} under {}); is --arch the model it was saved from?".format(
+                path, names[0], ', '.join(repr(p) for p in
+                                          INITMODEL_PREFIXES)))
+    try:
+        serializers.load_npz(path, model.predictor, path=prefix)
+    except (KeyError, ValueError, TypeError) as e:
+        raise UsageError('--initmodel {} does not match this model ({}; '
+                         'its classes: --n_class)'.format(
+                             path, errors.one_line(e)))
+    return prefix
+
+
+def build_model_and_optimizer(args, config, comm, device, n_class):
+    """The model (rank 0's initial weights are broadcast at the first update;
+    ``--initmodel``'s, if given), on ``device``, and its optimizer."""
+    numpy.random.seed(args.seed)   # initial weights (rank 0's are broadcast)
+    model = build_model(config, n_class, args.channels)
+    if args.initmodel:
+        prefix = load_initmodel(model, args.initmodel)
+        if comm.rank == 0:
+            print('initmodel: loaded {} ({})'.format(
+                args.initmodel, "under '{}'".format(prefix) if prefix
+                else 'a model'), flush=True)
+    if device is not None:
+        model.to_device(device)   # before setup: the state lives there too
+    return model, build_optimizer(config, comm, model)
+
+
+# --- trainer ---------------------------------------------------------------
+def build_trainer(args, config, comm, device, model, optimizer, data):
+    """``(trainer, is_last, iters_per_epoch)``: the trainer with what every
+    rank runs (:func:`add_every_rank_extensions`), ending at ``is_last``."""
+    dtype = numpy.float16 if config['fp16'] else numpy.float32
+
+    def val_converter(batch, device=None):
+        x, t = chainer.dataset.concat_examples(batch)
+        return x.astype(dtype, copy=False), t
+
+    updater = training.StandardUpdater(
+        data.train_iter, optimizer,
+        converter=device_module.on_device(data.augmenter, device))
+    iters_per_epoch = len(data.train) / config['batchsize']
+    is_last = triggers.LastIteration(triggers.last_iteration(
+        args.iterations, config['epoch'], config['acc_iters'],
+        iters_per_epoch))
+    trainer = training.Trainer(updater, (is_last.last, 'iteration'),
+                               out=args.out)
+    evaluator = extensions.Evaluator(
+        data.val_iter, model,
+        converter=device_module.on_device(val_converter, device))
+    add_every_rank_extensions(trainer, args, config, comm, optimizer,
+                              evaluator, data, is_last)
+    return trainer, is_last, iters_per_epoch
+
+
+def add_every_rank_extensions(trainer, args, config, comm, optimizer,
+                              evaluator, data, is_last):
+    """The learning-rate schedule, the random states, the multi-node
+    evaluation, the sharded snapshot and the communication volume, in this
+    order (their names are snapshot keys)."""
+    schedule = kfac_extensions.make_lr_schedule(config, optimizer=optimizer)
+    if schedule is not None:
+        trainer.extend(schedule)
+    trainer.extend(RandomStateExtension(augmenter=data.augmenter,
+                                        order=data.order_rng),
+                   name='random_state')
+    eval_trigger = (
+        triggers.any_of((args.eval_interval, 'iteration'), is_last)
+        if args.eval_interval else triggers.any_of((1, 'epoch'), is_last))
+    trainer.extend(chainermn.create_multi_node_evaluator(evaluator, comm),
+                   trigger=eval_trigger, name='validation')
+    snapshot_trigger = triggers.any_of(
+        (args.snapshot_interval, 'iteration') if args.snapshot_interval
+        else (1, 'epoch'), is_last)
+    trainer.extend(checkpoint.ShardedSnapshot(
+        comm, optimizer, optimizer_path=OPTIMIZER_PATH, rank_local=RANK_LOCAL,
+        rank_arrays={'shard_indices': data.shard_indices}),
+        trigger=snapshot_trigger, name='snapshot')
+    trainer.extend(kfac_extensions.CommunicationVolume(comm,
+                                                       config['acc_iters']))
+
+
+# --- reporting (rank 0) ----------------------------------------------------
+#: the columns of the printed log
+PRINTED = ['epoch', 'iteration', 'main/loss', 'main/mixup_loss',
+           'main/accuracy', 'validation/main/loss',
+           'validation/main/accuracy', 'lr', 'kfac/refresh_fraction',
+           'comm/MB_per_update', 'elapsed_time']
+
+
+def add_reports(trainer, args, model, optimizer, is_last):
+    """Rank 0's log (every ``--log_interval`` iterations and at the end),
+    printed columns, plots (loss, accuracy, lr), ``--stats`` and the
+    progress bar."""
+    def log_trigger():  # a fresh one per extension: triggers keep state
+        return triggers.any_of((args.log_interval, 'iteration'), is_last)
+    trainer.extend(extensions.observe_lr(), trigger=log_trigger())
+    trainer.extend(extensions.observe_value(
+        'damping', lambda t: optimizer.damping), trigger=log_trigger())
+    trainer.extend(extensions.LogReport(trigger=log_trigger()))
+    if args.stats:   # the original's --stats: summarised every
+        # iteration, reported with the log
+        trainer.extend(extensions.ParameterStatistics(
+            model.predictor, trigger=log_trigger()))
+    trainer.extend(extensions.PrintReport(PRINTED), trigger=log_trigger())
+    kfac_extensions.add_plot_reports(trainer, 'iteration',
+                                     trigger=log_trigger,
+                                     extra=[(['lr'], 'lr.png')])
+    if not args.no_progress:
+        trainer.extend(extensions.ProgressBar(update_interval=1))
+
+
+def write_resolved_config(args, resolved, from_file, comm, n_class, config,
+                          train_pairs, val_pairs):
+    """Rank 0: ``<out>/<config_out>``, the resolved configuration, the
+    original's keys given and where they went, the warnings, the options
+    taken from the file, every option and the run's sizes."""
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, args.config_out), 'w') as f:
+        json.dump({'config': config,
+                   'original_keys': resolved.original,
+                   'warnings': resolved.warnings,
+                   'options_from_config': from_file,
+                   'args': vars(args),
+                   'n_processes': comm.size, 'n_class': n_class,
+                   'global_batchsize': config['batchsize'] * comm.size
+                   * config['acc_iters'],
+                   'train_examples': len(train_pairs),
+                   'val_examples': len(val_pairs)}, f, indent=2)
+
+
+def train_and_report(trainer, args, data, rank):
+    """Runs the trainer; rank 0 prints the last validation's accuracy and
+    loss, every rank the corrupt images it skipped (``--skip_corrupt``)."""
+    try:
+        trainer.run(show_loop_exception_msg=False)
+    except image_list.CorruptImageError as e:
+        raise UsageError('{} (use --skip_corrupt to skip and count such '
+                         'images)'.format(e))
+    if rank == 0:
+        entries = [e for e in trainer.get_extension('LogReport').log
+                   if 'validation/main/accuracy' in e]
+        if entries:
+            print('final: iteration {} validation accuracy {:.4f} loss {:.4f}'
+                  .format(entries[-1]['iteration'],
+                          entries[-1]['validation/main/accuracy'],
+                          entries[-1]['validation/main/loss']))
+    train, val = data.train, data.val
+    if args.skip_corrupt and (train.n_skipped or val.n_skipped):
+        print('rank {}: skipped {} corrupt images'.format(
+            rank, train.n_skipped + val.n_skipped))
+
+
+# --- resuming --------------------------------------------------------------
 def resume_path(path, rank):
     """This rank's file for ``--resume`` given any rank's file of the
     earlier per-rank format."""
@@ -441,8 +810,12 @@ def resume_legacy(trainer, path, comm):
             serializers.load_npz(own, trainer)
     except (KeyError, ValueError, TypeError) as e:
         raise UsageError('--resume {} does not match this model and '
-                         'configuration ({}: {})'.format(
-                             own, type(e).__name__, e))
+                         'configuration ({})'.format(own, errors.one_line(e)))
+
+
+#: what ``--resume`` adds when it is given one file (a trainer snapshot)
+INITMODEL_HINT = ('; to start from its weights instead, give it as '
+                  '--initmodel')
 
 
 def resume(trainer, path, comm, optimizer, data):
@@ -461,380 +834,95 @@ def resume(trainer, path, comm, optimizer, data):
     repeats), and, with the same per-process batch size, the global batch.
     The rest of the interrupted epoch draws each new shard's examples that
     no rank drew yet in this epoch first
-    (:func:`chainerkfac.training.checkpoint.reposition_iterator`); running
+    (:func:`chainerkfac.training.resharding.reposition_iterator`); running
     mixup's partner batch is old rank ``r % N``'s last batch.
+
+    A file that is not of the earlier per-rank format (a trainer snapshot
+    one rank wrote, as the original's ``--resume`` took) is refused in one
+    line: it holds one rank's share of the optimizer's state.
     """
     directory = snapshot_directory(path)
     if directory is None:
         return resume_legacy(trainer, path, comm)
+    augmenter = data.augmenter
+
+    def reseed(info):
+        rngs = [data.order_rng, augmenter.rng, augmenter.erasing_rng]
+        if augmenter.mixup is not None:
+            rngs.append(augmenter.mixup.rng)
+        resharding.reseed(rngs, info, data.seed)
     try:
-        info = checkpoint.load(directory, trainer, optimizer, comm,
-                               optimizer_path=OPTIMIZER_PATH,
-                               rank_local=RANK_LOCAL)
-        if info.same_layout:
-            return info
-        rank, size = comm.rank, comm.size
-        rngs = [data['order_rng'], data['augmenter'].rng,
-                data['augmenter'].erasing_rng]
-        if data['augmenter'].mixup is not None:
-            rngs.append(data['augmenter'].mixup.rng)
-        for i, rng in enumerate(rngs):
-            rng.seed([data['seed'], size, rank, info.iteration, i])
-        checkpoint.reposition_iterator(
-            trainer.updater.get_iterator('main'), info, comm,
-            data['shard_indices'], data['dataset_size'], data['order_rng'],
-            iterator_path='updater/iterator:main')
+        return checkpoint.resume_trainer(
+            directory, trainer, optimizer, comm, data.shard_indices,
+            data.dataset_size, data.order_rng, reseed=reseed,
+            optimizer_path=OPTIMIZER_PATH, rank_local=RANK_LOCAL)
     except checkpoint.CheckpointError as e:
-        raise AgreedUsageError('--resume {}: {}'.format(path, e))
-    return info
+        hint = INITMODEL_HINT if os.path.isfile(directory) else ''
+        raise AgreedUsageError('--resume {}: {}{}'.format(path, e, hint))
 
 
-def report_resolution(args, resolved, from_file):
-    """Rank 0: the configuration's warnings, one line each, and the run
-    options taken from the file."""
-    for line in resolved.warnings:
-        sys.stderr.write('train_imagenet.py: warning: {}\n'.format(line))
-    sys.stderr.flush()
-    if from_file:
-        print('options from {}: {}'.format(args.config, ', '.join(
-            '--{} {}'.format(k, getattr(args, k)) for k in from_file)),
-            flush=True)
+def resume_run(trainer, args, config, comm, optimizer, data, is_last,
+               iters_per_epoch):
+    """``--resume``; on another number of processes, the run's end moves to
+    this count's iterations (:func:`~chainerkfac.training.triggers.
+    last_iteration_after_resume`) and rank 0 says what was kept."""
+    info = resume(trainer, args.resume, comm, optimizer, data)
+    if info is None or info.same_layout:
+        return
+    updater = trainer.updater
+    is_last.last = triggers.last_iteration_after_resume(
+        args.iterations, config['epoch'], config['acc_iters'], updater,
+        iters_per_epoch)
+    trainer.stop_trigger = training.triggers.IntervalTrigger(
+        is_last.last, 'iteration')
+    per_step = config['batchsize'] * config['acc_iters']
+    if comm.rank == 0:
+        print('resumed {} (iteration {}, written by {} processes) on '
+              '{} processes: model, optimizer state (on the new '
+              'owners) and counters restored; data re-split at epoch '
+              '{:.4f}; global batch {} -> {}; run ends at iteration '
+              '{}'.format(info.directory, info.iteration,
+                          info.old_size, comm.size, updater.epoch_detail,
+                          per_step * info.old_size, per_step * comm.size,
+                          is_last.last),
+              flush=True)
 
 
-#: environment variables of MPI launchers (MPICH's Hydra, Open MPI, PMIx)
-MPI_LAUNCHER_ENV = ('PMI_', 'PMIX_', 'HYDRA_', 'HYDI_', 'MPIR_', 'OMPI_',
-                    'MPI_LOCALNRANKS', 'MPI_LOCALRANKID')
-
-
-def start_loader_server():
-    """Starts multiprocessing's forkserver outside MPI: without the
-    launcher's environment and with ``MPI4PY_RC_INITIALIZE=false``, so that
-    the loader processes, which import this script, do not initialise MPI
-    (under mpiexec they would wait for the launcher)."""
-    from multiprocessing import forkserver
-    saved = dict(os.environ)
-    try:
-        for key in list(os.environ):
-            if key.startswith(MPI_LAUNCHER_ENV):
-                del os.environ[key]
-        os.environ['MPI4PY_RC_INITIALIZE'] = 'false'
-        forkserver.ensure_running()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-
-
-def make_iterators(args, config, train, val, sampler):
-    """The original's ``--iterator``: loader threads (``thread``), processes
-    (``process``; started by a forkserver, as the original, since forking a
-    process that uses InfiniBand may crash it) or none (``serial``, also
-    for ``--loaderjob 0``)."""
-    kind = args.iterator if args.loaderjob > 0 else 'serial'
-    batch, val_batch = config['batchsize'], config['val_batchsize']
-    if kind == 'process':
-        if multiprocessing.get_start_method(allow_none=True) is None:
-            multiprocessing.set_start_method('forkserver')
-        if multiprocessing.get_start_method() == 'forkserver':
-            start_loader_server()
-        return (chainer.iterators.MultiprocessIterator(
-            train, batch, n_processes=args.loaderjob, order_sampler=sampler),
-            chainer.iterators.MultiprocessIterator(
-                val, val_batch, repeat=False, shuffle=False,
-                n_processes=args.loaderjob))
-    if kind == 'thread':
-        return (chainer.iterators.MultithreadIterator(
-            train, batch, n_threads=args.loaderjob, order_sampler=sampler),
-            chainer.iterators.MultithreadIterator(
-                val, val_batch, repeat=False, shuffle=False,
-                n_threads=args.loaderjob))
-    return (chainer.iterators.SerialIterator(train, batch,
-                                             order_sampler=sampler),
-            chainer.iterators.SerialIterator(val, val_batch, repeat=False,
-                                             shuffle=False))
-
-
-#: where a model's arrays may sit in an ``--initmodel`` npz: ours
-#: (``snapshot_iter_<N>/shared.npz``, a saved Classifier), the original's
-#: trainer snapshot (its model held no predictor), a bare model
-INITMODEL_PREFIXES = ('updater/model:main/predictor/', 'predictor/',
-                      'updater/model:main/', '')
-
-
-def load_initmodel(model, path):
-    """The original's ``--initmodel``: the predictor's parameters and BN
-    statistics from an npz (a ``snapshot_iter_<N>`` directory: its
-    ``shared.npz``). Returns the prefix they were found under."""
-    if os.path.isdir(path):
-        path = os.path.join(path, checkpoint.SHARED)
-    try:
-        with numpy.load(path) as f:
-            keys = set(f.files)
-    except (OSError, ValueError) as e:
-        raise UsageError('--initmodel {}: {}'.format(path, e))
-    names = [name.lstrip('/') for name, _ in model.predictor.namedparams()]
-    for prefix in INITMODEL_PREFIXES:
-        if all(prefix + name in keys for name in names):
-            break
-    else:
-        raise UsageError(
-            "--initmodel {}: no parameters of this model in it (looked for "
-            "{} under {}); is --arch the model it was saved from?".format(
-                path, names[0], ', '.join(repr(p) for p in
-                                          INITMODEL_PREFIXES)))
-    try:
-        serializers.load_npz(path, model.predictor, path=prefix)
-    except (KeyError, ValueError, TypeError) as e:
-        raise UsageError('--initmodel {} does not match this model ({}: {}; '
-                         'its classes: --n_class)'.format(
-                             path, type(e).__name__, e))
-    return prefix
-
-
-class CommunicationVolume(training.Extension):
-    """Reports ``comm/MB_per_update``: MB this rank sent per K-FAC update."""
-
-    trigger = (1, 'iteration')
-
-    def __init__(self, comm, acc_iters):
-        self.comm, self.acc_iters = comm, acc_iters
-        self._last = 0
-
-    def __call__(self, trainer):
-        sent = self.comm.bytes_sent
-        chainer.report({'comm/MB_per_update': (sent - self._last)
-                        * self.acc_iters / 2 ** 20})
-        self._last = sent
-
-
-class LastIteration(object):
-    """Trigger: True at the iteration ``last`` that ends the run (for the
-    final evaluation and snapshot)."""
-
-    def __init__(self, last):
-        self.last = last
-
-    def __call__(self, trainer):
-        return trainer.updater.iteration == self.last
-
-
-def last_iteration_trigger(args, config, iters_per_epoch):
-    """:class:`LastIteration` of ``--iterations`` or of ``--epoch``."""
-    if args.iterations:
-        last = args.iterations * config['acc_iters']
-    else:
-        last = int(numpy.ceil(config['epoch'] * iters_per_epoch))
-    return LastIteration(last)
-
-
-def last_iteration_after_resume(args, config, updater, iters_per_epoch):
-    """The iteration that ends a run resumed on another number of processes
-    (whose iterations hold another number of examples): ``--iterations``
-    counts iterations; ``--epoch`` ends after the rest of the epochs at this
-    count's iterations per epoch."""
-    if args.iterations:
-        return args.iterations * config['acc_iters']
-    left = max(config['epoch'] - updater.epoch_detail, 0.0)
-    return updater.iteration + int(numpy.ceil(left * iters_per_epoch - 1e-9))
-
-
-class AnyOf(object):
-    """Trigger firing when any of its triggers does (each is called every
-    time: none skips its bookkeeping); their state is part of the snapshot,
-    so a resumed run fires them as an uninterrupted one."""
-
-    def __init__(self, *triggers):
-        self.triggers = [training.trigger.get_trigger(t) for t in triggers]
-
-    def __call__(self, trainer):
-        return any([t(trainer) for t in self.triggers])
-
-    def serialize(self, serializer):
-        for i, t in enumerate(self.triggers):
-            if hasattr(t, 'serialize'):
-                t.serialize(serializer[str(i)])
-
-
-def any_of(*triggers):
-    return AnyOf(*triggers)
-
-
-def on_device(converter, device):
-    """``converter``'s arrays (``(x, t)`` or ``(x, t, labels)``) sent to
-    ``device`` (unchanged for None).
-
-    The augmenter is an old-style converter (it would get a device number
-    from the updater), so the transfer is done here instead."""
-    if device is None:
-        return converter
-
-    def convert(batch, _device=None):
-        return tuple(device.send(a) for a in converter(batch))
-    return convert
-
-
+# --- the run --------------------------------------------------------------
 def run(args, comm, device=None):
-    resolved = build_config(args)
+    """Trains as the options say (every rank); returns the trainer."""
+    resolved, from_file = configure(args, comm, device)
     config = resolved.config
-    from_file = apply_run_options(args, resolved)
-    if device is not None and 'use_tensor_core' in from_file:
-        device_module.configure_cudnn(args.use_tensor_core)
-    if args.test:   # the original's --test: evaluate and log every 10
-        for name in ('eval_interval', 'log_interval'):
-            if name not in args.given:
-                setattr(args, name, 10)
-    rank, size = comm.rank, comm.size
-    if rank == 0:
-        report_resolution(args, resolved, from_file)
     train_pairs, val_pairs, n_class = read_lists(args, comm)
-    crop = config['crop_size']
-    mean, std = normalization(args, args.channels, crop)
-    numpy.random.seed(args.seed)   # initial weights (rank 0's are broadcast)
-    model = build_model(config, n_class, args.channels)
-    if args.initmodel:
-        prefix = load_initmodel(model, args.initmodel)
-        if rank == 0:
-            print('initmodel: loaded {} ({})'.format(
-                args.initmodel, "under '{}'".format(prefix) if prefix
-                else 'a model'), flush=True)
-    if device is not None:
-        model.to_device(device)   # before setup: the state lives there too
-    optimizer = build_optimizer(config, comm, model)
-    dtype = numpy.float16 if config['fp16'] else numpy.float32
-
-    # the global index of each example of this rank's shard (what
-    # scatter_dataset(train_pairs, shuffle=True) would give), kept in the
-    # snapshot so that a resume on another process count knows the data seen
-    shard_indices = numpy.asarray(chainermn.scatter_dataset(
-        numpy.arange(len(train_pairs)), comm, shuffle=True,
-        seed=args.seed)[:], numpy.int64)
-    train_shard = [train_pairs[i] for i in shard_indices]
-    val_shard = chainermn.scatter_dataset(val_pairs, comm)
-    train = image_list.UncroppedImageDataset(
-        train_shard, crop, channels=args.channels,
-        skip_corrupt=args.skip_corrupt)
-    val = image_list.ImageListDataset(
-        val_shard, crop, train=False, mean=mean, std=std,
-        channels=args.channels, skip_corrupt=args.skip_corrupt)
-    order_rng = numpy.random.RandomState(args.seed + 1000 * (rank + 1))
-    sampler = chainer.iterators.ShuffleOrderSampler(order_rng)
-    train_iter, val_iter = make_iterators(args, config, train, val, sampler)
-
-    erasing = None
-    if config['random_erasing_p'] > 0:
-        erasing = dict(p=config['random_erasing_p'],
-                       area=tuple(config['random_erasing_area']),
-                       aspect=tuple(config['random_erasing_aspect']))
-    augmenter = BatchAugmenter(
-        crop, mean, std, n_class, mixup_alpha=config['mixup_alpha'],
-        running_mixup=config['running_mixup'], erasing=erasing,
-        seed=args.seed + 7919 * (rank + 1), dtype=dtype, return_labels=True)
-
-    def val_converter(batch, device=None):
-        x, t = chainer.dataset.concat_examples(batch)
-        return x.astype(dtype, copy=False), t
-
-    updater = training.StandardUpdater(train_iter, optimizer,
-                                       converter=on_device(augmenter, device))
-    iters_per_epoch = len(train) / config['batchsize']
-    is_last = last_iteration_trigger(args, config, iters_per_epoch)
-    trainer = training.Trainer(updater, (is_last.last, 'iteration'),
-                               out=args.out)
-
-    schedule = kfac_extensions.make_lr_schedule(config, optimizer=optimizer)
-    if schedule is not None:
-        trainer.extend(schedule)
-    trainer.extend(RandomStateExtension(augmenter=augmenter,
-                                        order=order_rng), name='random_state')
-    eval_trigger = (any_of((args.eval_interval, 'iteration'), is_last)
-                    if args.eval_interval else any_of((1, 'epoch'), is_last))
-    evaluator = extensions.Evaluator(val_iter, model,
-                                     converter=on_device(val_converter, device))
-    trainer.extend(chainermn.create_multi_node_evaluator(evaluator, comm),
-                   trigger=eval_trigger, name='validation')
-    snapshot_trigger = any_of(
-        (args.snapshot_interval, 'iteration') if args.snapshot_interval
-        else (1, 'epoch'), is_last)
-    trainer.extend(checkpoint.ShardedSnapshot(
-        comm, optimizer, optimizer_path=OPTIMIZER_PATH, rank_local=RANK_LOCAL,
-        rank_arrays={'shard_indices': shard_indices}),
-        trigger=snapshot_trigger, name='snapshot')
-    trainer.extend(CommunicationVolume(comm, config['acc_iters']))
-    if rank == 0:
-        def log_trigger():  # a fresh one per extension: triggers keep state
-            return any_of((args.log_interval, 'iteration'), is_last)
-        trainer.extend(extensions.observe_lr(), trigger=log_trigger())
-        trainer.extend(extensions.observe_value(
-            'damping', lambda t: optimizer.damping), trigger=log_trigger())
-        trainer.extend(extensions.LogReport(trigger=log_trigger()))
-        if args.stats:   # the original's --stats: summarised every
-            # iteration, reported with the log
-            trainer.extend(extensions.ParameterStatistics(
-                model.predictor, trigger=log_trigger()))
-        trainer.extend(extensions.PrintReport(
-            ['epoch', 'iteration', 'main/loss', 'main/mixup_loss',
-             'main/accuracy', 'validation/main/loss',
-             'validation/main/accuracy', 'lr',
-             'kfac/refresh_fraction', 'comm/MB_per_update', 'elapsed_time']),
-            trigger=log_trigger())
-        if extensions.PlotReport.available():
-            for keys, name in ((['main/loss', 'validation/main/loss'],
-                                'loss.png'),
-                               (['main/accuracy', 'validation/main/accuracy'],
-                                'accuracy.png'),
-                               (['lr'], 'lr.png')):
-                trainer.extend(extensions.PlotReport(
-                    keys, 'iteration', trigger=log_trigger(), file_name=name))
-        if not args.no_progress:
-            trainer.extend(extensions.ProgressBar(update_interval=1))
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, args.config_out), 'w') as f:
-            json.dump({'config': config,
-                       'original_keys': resolved.original,
-                       'warnings': resolved.warnings,
-                       'options_from_config': from_file,
-                       'args': vars(args),
-                       'n_processes': size, 'n_class': n_class,
-                       'global_batchsize': config['batchsize'] * size
-                       * config['acc_iters'],
-                       'train_examples': len(train_pairs),
-                       'val_examples': len(val_pairs)}, f, indent=2)
+    mean, std = normalization(args, args.channels, config['crop_size'])
+    model, optimizer = build_model_and_optimizer(args, config, comm, device,
+                                                 n_class)
+    data = build_data(args, config, comm, train_pairs, val_pairs, n_class,
+                      mean, std)
+    trainer, is_last, iters_per_epoch = build_trainer(
+        args, config, comm, device, model, optimizer, data)
+    if comm.rank == 0:
+        add_reports(trainer, args, model, optimizer, is_last)
+        write_resolved_config(args, resolved, from_file, comm, n_class,
+                              config, train_pairs, val_pairs)
     if args.resume:
-        info = resume(trainer, args.resume, comm, optimizer, dict(
-            order_rng=order_rng, augmenter=augmenter, seed=args.seed,
-            shard_indices=shard_indices, dataset_size=len(train_pairs)))
-        if info is not None and not info.same_layout:
-            is_last.last = last_iteration_after_resume(
-                args, config, updater, iters_per_epoch)
-            trainer.stop_trigger = training.triggers.IntervalTrigger(
-                is_last.last, 'iteration')
-            per_step = config['batchsize'] * config['acc_iters']
-            if rank == 0:
-                print('resumed {} (iteration {}, written by {} processes) on '
-                      '{} processes: model, optimizer state (on the new '
-                      'owners) and counters restored; data re-split at epoch '
-                      '{:.4f}; global batch {} -> {}; run ends at iteration '
-                      '{}'.format(info.directory, info.iteration,
-                                  info.old_size, size, updater.epoch_detail,
-                                  per_step * info.old_size, per_step * size,
-                                  is_last.last),
-                      flush=True)
-    try:
-        trainer.run(show_loop_exception_msg=False)
-    except image_list.CorruptImageError as e:
-        raise UsageError('{} (use --skip_corrupt to skip and count such '
-                         'images)'.format(e))
-    if rank == 0:
-        entries = [e for e in trainer.get_extension('LogReport').log
-                   if 'validation/main/accuracy' in e]
-        if entries:
-            print('final: iteration {} validation accuracy {:.4f} loss {:.4f}'
-                  .format(entries[-1]['iteration'],
-                          entries[-1]['validation/main/accuracy'],
-                          entries[-1]['validation/main/loss']))
-    if args.skip_corrupt and (train.n_skipped or val.n_skipped):
-        print('rank {}: skipped {} corrupt images'.format(
-            rank, train.n_skipped + val.n_skipped))
+        resume_run(trainer, args, config, comm, optimizer, data, is_last,
+                   iters_per_epoch)
+    train_and_report(trainer, args, data, comm.rank)
     return trainer
+
+
+def select_device(args, comm):
+    """``--gpu``: this rank's node-local GPU (every rank stops with one line
+    when a rank has none), rank 0 saying which; None on the CPU."""
+    if not args.gpu:
+        return None
+    device = device_module.select_gpu_or_exit(
+        PROG, comm, use_tensor_core=args.use_tensor_core)
+    if comm.rank == 0:
+        print('rank 0 of {}: {} (every rank: its node-local GPU)'.format(
+            comm.size, device_module.describe(device)), flush=True)
+    return device
 
 
 def main(argv=None):
@@ -842,27 +930,17 @@ def main(argv=None):
     chainerkfac.use_float64_bn_statistics()  # CPU BN batch sums in float64 (README)
     args = parse_args(argv)
     comm = chainerkfac.create_communicator('mpi')
-    device = None
-    if args.gpu:
-        device = device_module.select_gpu_or_exit(
-            'train_imagenet.py', comm, use_tensor_core=args.use_tensor_core)
-        if comm.rank == 0:
-            print('rank 0 of {}: {} (every rank: its node-local GPU)'.format(
-                comm.size, device_module.describe(device)), flush=True)
+    device = select_device(args, comm)
     kfac_threads.log_to_stderr()  # create_communicator's BLAS-threads line
     try:
         return run(args, comm, device)
-    except (AgreedUsageError, checkpoint.CheckpointError) as e:
+    except (AgreedUsageError, checkpoint.CheckpointError,
+            errors.ForeignSnapshotError) as e:
         # every rank has the same message: one line, no abort
-        if comm.rank == 0:
-            sys.stderr.write('train_imagenet.py: error: {}\n'.format(e))
-            sys.stderr.flush()
-        if comm.size > 1:
-            comm.mpi_comm.Barrier()
-        sys.exit(2)
+        errors.exit_on_every_rank(PROG, e, comm)
     except UsageError as e:
-        sys.stderr.write('train_imagenet.py: error (rank {}): {}\n'.format(
-            comm.rank, e))
+        sys.stderr.write('{}: error (rank {}): {}\n'.format(
+            PROG, comm.rank, e))
         sys.stderr.flush()
         if comm.size > 1:
             comm.mpi_comm.Abort(2)

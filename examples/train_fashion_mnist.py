@@ -31,6 +31,7 @@ from chainerkfac import threads  # NOQA: E402
 from chainerkfac.datasets import get_fashion_mnist  # NOQA: E402
 from chainerkfac.training import allocator  # NOQA: E402
 from chainerkfac.training import device as device_module  # NOQA: E402
+from chainerkfac.training import extensions as kfac_extensions  # NOQA: E402
 from models import small_cnn  # NOQA: E402
 
 
@@ -99,13 +100,7 @@ def main(argv=None):
         ['epoch', 'iteration', 'main/loss', 'main/accuracy',
          'validation/main/loss', 'validation/main/accuracy', 'lr',
          'elapsed_time']))
-    if extensions.PlotReport.available():
-        trainer.extend(extensions.PlotReport(
-            ['main/loss', 'validation/main/loss'], 'epoch',
-            file_name='loss.png'))
-        trainer.extend(extensions.PlotReport(
-            ['main/accuracy', 'validation/main/accuracy'], 'epoch',
-            file_name='accuracy.png'))
+    kfac_extensions.add_plot_reports(trainer)   # loss.png, accuracy.png
     trainer.extend(extensions.snapshot(), trigger=(args.epoch, 'epoch'))
     if not args.no_progress:
         trainer.extend(extensions.ProgressBar(update_interval=10))

@@ -3,6 +3,7 @@ goes where, exact resumption, resumption of a 2-process snapshot on one
 process, incomplete sets, writes that never lose a snapshot, and the data
 iterator placed on another process count."""
 import os
+import warnings
 
 import chainerkfac  # NOQA: I100 (first: makes Chainer importable on NumPy 2)
 import chainer
@@ -259,3 +260,102 @@ def test_reposition_iterator_on_another_process_count(tmp_path):
     drawn = iterator.next() + iterator.next()[:1]   # the epoch's last 4
     assert iterator.epoch == 3
     assert set(drawn) == set(range(12)) - seen
+
+
+# --- defaults: the optimizer's path and the iterators of a trainer ---------
+def make_trainer(seed=0, rng_seed=1, out='.', n=24):
+    model, opt = make(seed)
+    x, t = nets.conv_batch(numpy.random.RandomState(2), n=n,
+                           dtype=numpy.float32)
+    it = chainer.iterators.SerialIterator(
+        chainer.datasets.TupleDataset(x, t), 4,
+        order_sampler=chainer.iterators.ShuffleOrderSampler(
+            numpy.random.RandomState(rng_seed)))
+    updater = chainer.training.StandardUpdater(it, opt, loss_func=model)
+    trainer = chainer.training.Trainer(updater, (3, 'iteration'), out=out)
+    return trainer, opt
+
+
+def ran(made):
+    """``make_trainer()``'s pair, after its 3 iterations."""
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', UserWarning)
+        made[0].run()
+    return made
+
+
+def test_defaults_of_a_trainer():
+    trainer, opt = make_trainer()
+    model, _ = make()
+    assert checkpoint.optimizer_path_of(trainer, opt) == \
+        checkpoint.OPTIMIZER_PATH == 'updater/optimizer:main'
+    assert checkpoint.optimizer_path_of(opt, opt) == ''
+    assert checkpoint.rank_local_of(trainer) == ('updater/iterator:main',)
+    assert checkpoint.rank_local_of(State(model, opt)) == ()
+    with pytest.raises(checkpoint.CheckpointError,
+                       match='pass optimizer_path'):
+        checkpoint.optimizer_path_of(State(model, opt), opt)
+
+
+def test_trainer_snapshot_with_the_defaults(tmp_path):
+    """ShardedSnapshot and load with no paths: the iterator is rank-local,
+    both paths are recorded, and load reads them back."""
+    trainer, opt = ran(make_trainer(out=str(tmp_path)))
+    snapshot = checkpoint.ShardedSnapshot(None, opt)
+    snapshot(trainer)
+    directory = os.path.join(str(tmp_path), 'snapshot_iter_3')
+    with numpy.load(os.path.join(directory, 'rank0.npz')) as f:
+        assert 'updater/iterator:main/current_position' in f.files
+        assert 'updater/optimizer:main/c1/W/v' in f.files
+    with numpy.load(os.path.join(directory, 'shared.npz')) as f:
+        assert 'updater/iterator:main/current_position' not in f.files
+        assert list(f['_checkpoint/rank_local']) == ['updater/iterator:main/']
+        assert str(f['_checkpoint/optimizer_path']) == 'updater/optimizer:main'
+    fresh, fresh_opt = make_trainer(seed=4, rng_seed=9, out=str(tmp_path))
+    info = checkpoint.load(directory, fresh, fresh_opt)
+    assert info.iteration == 3 and fresh.updater.iteration == 3
+    it, other = (t.updater.get_iterator('main') for t in (trainer, fresh))
+    numpy.testing.assert_array_equal(it._state.order, other._state.order)
+    assert other.current_position == it.current_position
+    for a, b in zip(opt.fisher_blocks, fresh_opt.fisher_blocks):
+        for name in a.statistic_names:
+            numpy.testing.assert_array_equal(a.ema[name], b.ema[name])
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(optimizer_path=''), "holds the optimizer at 'updater/optimizer:main'"
+     " of its target, not at optimizer_path=''"),
+    (dict(rank_local=()), "keeps rank-local state under "
+     "['updater/iterator:main/'], not under rank_local=[]"),
+])
+def test_load_arguments_against_the_snapshot_are_one_line(tmp_path, kwargs,
+                                                          message):
+    trainer, opt = ran(make_trainer(out=str(tmp_path)))
+    directory = str(tmp_path / 'snap')
+    checkpoint.save(directory, trainer, opt)
+    fresh, fresh_opt = make_trainer(seed=4, out=str(tmp_path))
+    with pytest.raises(checkpoint.CheckpointError) as e:
+        checkpoint.load(directory, fresh, fresh_opt, **kwargs)
+    assert message in str(e.value) and '\n' not in str(e.value)
+    assert 'leave it unset' in str(e.value)
+
+
+def test_a_path_that_holds_no_block_is_refused_at_save(batches, tmp_path):
+    model, opt = trained(batches)
+    directory = str(tmp_path / 'snap')
+    with pytest.raises(checkpoint.CheckpointError) as e:
+        checkpoint.save(directory, State(model, opt), opt,
+                        optimizer_path='elsewhere')
+    assert "no key of the target is a Fisher block's under optimizer_path " \
+        "'elsewhere'" in str(e.value)
+    assert not os.path.exists(directory)
+
+
+def test_one_file_is_refused_saying_how_to_resume(batches, tmp_path):
+    model, opt = trained(batches)
+    path = str(tmp_path / 'snapshot_iter_3')
+    chainer.serializers.save_npz(path, State(model, opt))
+    with pytest.raises(checkpoint.CheckpointError) as e:
+        checkpoint.load(path, State(model, opt), opt, optimizer_path=OPT)
+    assert 'is one file, not a sharded snapshot directory' in str(e.value)
+    assert 'ShardedSnapshot' in str(e.value) and '\n' not in str(e.value)

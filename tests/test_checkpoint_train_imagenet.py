@@ -1,6 +1,6 @@
 """train_imagenet.py's sharded snapshots under mpiexec: resumption on another
-number of processes (2 -> 3 -> 1), incomplete snapshots, and snapshots of the
-earlier per-rank format."""
+number of processes (2 -> 3 -> 1), incomplete snapshots, one trainer file
+(the original's --resume), and snapshots of the earlier per-rank format."""
 import os
 import shutil
 import subprocess
@@ -118,6 +118,20 @@ def test_files_of_different_iterations_are_one_line(data, two_rank_run,
     one_error_line(run_script(2, base_args(
         data, str(tmp_path / 'out'), iterations=3, resume=snap)),
         'shared.npz is from iteration 2, rank1.npz from iteration 1')
+
+
+def test_one_file_resume_is_one_line_saying_how(data, two_rank_run,
+                                                 tmp_path):
+    """The original's --resume: one trainer snapshot file (ChainerMN's
+    rank-0 snapshot), given to both ranks: refused in one line naming the
+    snapshot directories and --initmodel (it read 'no such directory')."""
+    path = str(tmp_path / 'snapshot_iter_2')
+    shutil.copy(os.path.join(two_rank_run, 'snapshot_iter_2', 'shared.npz'),
+                path)
+    one_error_line(run_script(2, base_args(
+        data, str(tmp_path / 'out'), iterations=3, resume=path)),
+        'is one file, not a sharded snapshot directory',
+        'resume from a snapshot_iter_<N> directory', '--initmodel')
 
 
 @pytest.mark.parametrize('n', [0, 3])

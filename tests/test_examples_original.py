@@ -298,3 +298,48 @@ def test_default_gpu_training_without_gpu_is_one_line(mnist_dir):
     lines = error_lines(result, MNIST)
     assert len(lines) == 1 and 'no usable GPU' in lines[0], result.stdout
     assert '--no_cuda' in lines[0]
+
+
+# --- example_support's pieces that the two examples share ------------------
+def test_make_parser_groups_the_original_options():
+    from chainerkfac.training import example_support as support
+    p, added = support.make_parser(
+        'ex.py', 'First line.\nmore', 'the epilog', 10, ('kfac', 'sgd'),
+        ('SGD', 'sgd'), {'mlp': None}, 'mlp')
+    added.add_argument('--extra', default='x')
+    assert p.prog == 'ex.py' and p.description == 'First line.'
+    assert p.epilog == 'the epilog'
+    titles = [g.title for g in p._action_groups]
+    assert titles[-2:] == ["the original example's options",
+                           'options added here']
+    args = p.parse_args(['--optimizer', 'sgd'])
+    assert (args.batch_size, args.optimizer, args.arch, args.extra) == (
+        10, 'sgd', 'mlp', 'x')
+
+
+class _Log(object):
+    log = [{'epoch': 2, 'validation/main/accuracy': 0.5,
+            'validation/main/loss': 1.25}]
+
+
+class _Trainer(object):
+    def get_extension(self, name):
+        assert name == 'LogReport'
+        return _Log()
+
+
+class _Comm(object):
+    def __init__(self, rank, size):
+        self.rank, self.size = rank, size
+
+
+def test_report_final_is_rank_0s_line(capsys):
+    from chainerkfac.training import example_support as support
+    support.report_final(_Trainer(), None, 'mnist mlp kfac')
+    support.report_final(_Trainer(), _Comm(1, 3), 'not printed')
+    support.report_final(_Trainer(), _Comm(0, 3), 'cifar10 vgg')
+    assert capsys.readouterr().out == (
+        'final: mnist mlp kfac on 1 process(es): epoch 2, validation '
+        'accuracy 0.5000, loss 1.2500\n'
+        'final: cifar10 vgg on 3 process(es): epoch 2, validation accuracy '
+        '0.5000, loss 1.2500\n')

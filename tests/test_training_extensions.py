@@ -1,4 +1,6 @@
-"""PolynomialLRDecay inside a real Trainer, and the WeightRescaling hook."""
+"""PolynomialLRDecay inside a real Trainer, the WeightRescaling hook, and
+what the entry points share: CommunicationVolume, the loss and accuracy
+plots, the triggers and the device converter."""
 import chainer
 import chainer.links as L
 import numpy
@@ -7,6 +9,9 @@ from chainer import training
 from chainer.training import extensions
 
 from chainerkfac.optimizers import KFAC
+from chainerkfac.training import device as device_module
+from chainerkfac.training import extensions as kfac_extensions
+from chainerkfac.training import triggers
 from chainerkfac.training import add_weight_rescaling
 from chainerkfac.training import effective_end_epoch
 from chainerkfac.training import load_config
@@ -240,3 +245,117 @@ def test_rescaling_with_a_chainer_optimizer(rng):
     opt.update()
     assert norm(model.W.array) == pytest.approx(cap(model.W.array),
                                                 rel=1e-6)
+
+
+# --- the entry points' shared extensions, triggers and converter ----------
+class Counting(object):
+    """A communicator's byte counter."""
+    bytes_sent = 0
+
+
+def tiny_trainer(tmp_path, iterations=6, n=N_DATA):
+    x = numpy.random.RandomState(0).randn(n, 3).astype(numpy.float32)
+    t = numpy.random.RandomState(1).randint(0, 2, n).astype(numpy.int32)
+    model = chainer.links.Classifier(L.Linear(3, 2))
+    opt = chainer.optimizers.SGD(lr=0.1)
+    opt.setup(model)
+    it = chainer.iterators.SerialIterator(
+        chainer.datasets.TupleDataset(x, t), BATCH)
+    updater = training.StandardUpdater(it, opt)
+    return training.Trainer(updater, (iterations, 'iteration'),
+                            out=str(tmp_path)), model
+
+
+def test_communication_volume_reports_mb_per_update(tmp_path):
+    trainer, _ = tiny_trainer(tmp_path, iterations=3)
+    comm = Counting()
+    volume = kfac_extensions.CommunicationVolume(comm, acc_iters=2)
+    seen = []
+
+    class Sender(training.Extension):
+        trigger = (1, 'iteration')
+        priority = training.PRIORITY_WRITER + 1   # before the report
+
+        def __call__(self, trainer):
+            comm.bytes_sent += 2 ** 20
+
+    trainer.extend(Sender())
+    trainer.extend(volume)
+    trainer.extend(extensions.LogReport(trigger=(1, 'iteration')))
+    trainer.extend(lambda t: seen.append(
+        t.observation['comm/MB_per_update']), trigger=(1, 'iteration'))
+    trainer.run()
+    assert seen == [2.0, 2.0, 2.0]   # 1 MB per iteration, 2 per update
+
+
+@pytest.mark.parametrize('trigger', [None, lambda: (2, 'iteration')])
+def test_add_plot_reports(tmp_path, trigger):
+    trainer, _ = tiny_trainer(tmp_path)
+    added = kfac_extensions.add_plot_reports(
+        trainer, 'iteration', trigger=trigger, extra=[(['lr'], 'lr.png')])
+    plots = [e.extension for e in trainer._extensions.values()
+             if isinstance(e.extension, extensions.PlotReport)]
+    if not extensions.PlotReport.available():
+        assert added == 0 and plots == []
+        return
+    assert added == 3
+    assert [p._file_name for p in plots] == ['loss.png', 'accuracy.png',
+                                             'lr.png']
+    assert [p._y_keys for p in plots] == [
+        list(keys) for keys, _ in kfac_extensions.LOSS_AND_ACCURACY] + [
+        ['lr']]
+    assert all(p._x_key == 'iteration' for p in plots)
+    assert len(set(id(p._trigger) for p in plots)) == 3   # one each
+
+
+def test_last_iteration_of_updates_or_epochs():
+    assert triggers.last_iteration(4, 36, 3, 10.0) == 12
+    assert triggers.last_iteration(None, 2.5, 3, 10.0) == 25
+    assert triggers.last_iteration(None, 0.25, 1, 10.0) == 3   # ceil
+
+
+def test_last_iteration_after_resume():
+    class Updater(object):
+        iteration, epoch_detail = 30, 1.5
+    assert triggers.last_iteration_after_resume(4, 3, 2, Updater, 8.0) == 8
+    # the rest (1.5 epochs) at this count's 8 iterations per epoch
+    assert triggers.last_iteration_after_resume(None, 3, 2, Updater,
+                                                8.0) == 42
+    assert triggers.last_iteration_after_resume(None, 1, 2, Updater,
+                                                8.0) == 30
+
+
+def test_last_iteration_and_any_of_in_a_trainer(tmp_path):
+    trainer, _ = tiny_trainer(tmp_path, iterations=7)
+    fired = []
+    is_last = triggers.LastIteration(7)
+    trainer.extend(lambda t: fired.append(t.updater.iteration),
+                   trigger=triggers.any_of((3, 'iteration'), is_last))
+    trainer.run()
+    assert fired == [3, 6, 7]
+
+
+def test_any_of_state_goes_through_a_snapshot(tmp_path):
+    """The interval trigger inside AnyOf keeps its state in a snapshot."""
+    inner = training.triggers.IntervalTrigger(1, 'epoch')
+    trigger = triggers.AnyOf(inner, triggers.LastIteration(99))
+    serializer = chainer.serializers.DictionarySerializer()
+    trigger.serialize(serializer)
+    assert any(k.startswith('0/') for k in serializer.target)
+    assert not any(k.startswith('1/') for k in serializer.target)
+
+
+def test_on_device_sends_every_array():
+    sent = []
+
+    class Device(object):
+        def send(self, array):
+            sent.append(array)
+            return 'on device'
+
+    def converter(batch, device=None):
+        return batch[0], batch[1]
+    assert device_module.on_device(converter, None) is converter
+    convert = device_module.on_device(converter, Device())
+    assert convert((1, 2)) == ('on device', 'on device')
+    assert sent == [1, 2]

@@ -13,6 +13,7 @@ import contextlib
 import numpy
 from mpi4py import MPI
 
+from chainerkfac import errors
 from chainerkfac.communicators import nccl_interface
 from chainerkfac.communicators.base import CommunicatorUnavailable
 from chainerkfac.cuda import availability
@@ -52,12 +53,11 @@ def nccl_problem():
 def agree(mpi_comm, problem, what):
     """Raises :class:`CommunicatorUnavailable` on every rank when any rank
     has a problem (one allgather), naming the first such rank."""
-    problems = mpi_comm.allgather(problem) if mpi_comm.size > 1 else [problem]
-    for rank, p in enumerate(problems):
-        if p is not None:
-            where = ' (rank {})'.format(rank) if len(problems) > 1 else ''
-            raise CommunicatorUnavailable('chainerkfac: {}{}: {}'.format(
-                what, where, p))
+    rank, p = errors.first_error(mpi_comm, problem)
+    if p is not None:
+        where = ' (rank {})'.format(rank) if mpi_comm.size > 1 else ''
+        raise CommunicatorUnavailable('chainerkfac: {}{}: {}'.format(
+            what, where, p))
 
 
 def shared_gpu_problem(placements):

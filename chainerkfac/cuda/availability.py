@@ -10,6 +10,8 @@ imported, so ``import cupy`` succeeds without any of them.
 """
 import importlib
 
+from chainerkfac.errors import one_line  # NOQA: F401 (importers use it)
+
 #: CuPy's module name of each CUDA library -> (its name, what needs it)
 LIBRARIES = {
     'cublas': ('cuBLAS', 'matrix products'),
@@ -21,10 +23,6 @@ LIBRARIES = {
 TRAINING_LIBRARIES = ('cublas', 'cusolver', 'nvrtc')
 
 
-def one_line(error):
-    """``ExceptionType: first line of its message``."""
-    text = str(error).strip().splitlines()
-    return '{}: {}'.format(type(error).__name__, text[0] if text else '')
 
 
 def import_cupy():

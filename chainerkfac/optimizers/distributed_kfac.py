@@ -7,6 +7,7 @@ import numpy
 
 from chainerkfac import _optional
 from chainerkfac import assignment as assignment_module
+from chainerkfac import errors
 from chainerkfac import wire
 try:  # mpi4py: the [mpi] extra; without it DistributedKFAC() says what to install
     from mpi4py import MPI
@@ -67,9 +68,12 @@ class DistributedKFAC(KFAC):
     all-reduce, the same scale on every rank); any other hook that needs
     every gradient at once is refused at ``add_hook``. Momentum and curvature
     state live on the owner only: snapshot with
-    :mod:`chainerkfac.training.checkpoint` (sharded: rank 0 writes the
-    shared state, each rank its blocks; a snapshot resumes on any number of
-    processes).
+    :mod:`chainerkfac.training.checkpoint` (``ShardedSnapshot``, ``load``:
+    rank 0 writes the shared state, each rank its blocks; a snapshot resumes
+    on any number of processes). A load that held other ranks' blocks but
+    not this rank's (one rank's file loaded on every rank) is refused on
+    every rank at the next update
+    (:class:`~chainerkfac.errors.ForeignSnapshotError`).
 
     Args:
         communicator: from :func:`chainerkfac.create_communicator`.
@@ -129,6 +133,7 @@ class DistributedKFAC(KFAC):
         self._missing_seen = None   # the flags' mean over ranks (device)
         self._examples = {}         # schedule key -> examples behind it here
         self._mean_loss = None      # the step's loss, mean over ranks
+        self._load_problem = None   # a loaded snapshot held others' blocks
 
     @property
     def _distributed(self):
@@ -195,6 +200,7 @@ class DistributedKFAC(KFAC):
                     array).asarray(host)
 
     def _synchronize(self):
+        self._agree_on_loaded_state()
         self._check_models_agree()
         self._broadcast_model()
         self.owners = assignment_module.block_owners(
@@ -477,6 +483,59 @@ class DistributedKFAC(KFAC):
             return super(DistributedKFAC, self).refreshed_keys()
         return set(b.schedule_keys[n] for b in self.fisher_blocks
                    for n in b.due)
+
+    # --- loading a snapshot: one rank's state is not every rank's ----------
+    def serialize(self, serializer):
+        """:meth:`KFAC.serialize`. On several processes a load is checked
+        (:meth:`_foreign_state_problem`) and re-synchronises the ranks at the
+        next update, as the first one does (every rank loads, as every rank
+        updates): if any rank's load held other ranks' blocks, every rank
+        raises there, so no rank is left waiting in a collective."""
+        super(DistributedKFAC, self).serialize(serializer)
+        if self._distributed and isinstance(
+                serializer, chainer.serializer.Deserializer):
+            self._load_problem = self._foreign_state_problem()
+            self.owners = None
+
+    def _foreign_state_problem(self):
+        """One line when the state just loaded held momentum or curvature of
+        Fisher blocks other ranks own but none of a block this rank owns
+        (one rank's file loaded on every rank, or a per-rank file of another
+        assignment: this rank's blocks would restart from nothing), else
+        None. A snapshot holding no block's state (taken before the first
+        update) or every block's (one process's) passes."""
+        try:
+            owners = self.owners or assignment_module.block_owners(
+                self.fisher_blocks, self.communicator.size, self.assignment)
+        except ValueError:   # links not initialised: no assignment yet
+            return None
+        rank = self.communicator.rank
+        held = [any(v is not None for v in b.ema.values()) or any(
+            p.update_rule is not None and p.update_rule.state is not None
+            for p in b.params) for b in self.fisher_blocks]
+        lost = [b.name for b, r, h in zip(self.fisher_blocks, owners, held)
+                if r == rank and not h]
+        if not lost or not any(h for r, h in zip(owners, held) if r != rank):
+            return None
+        return ('chainerkfac: rank {} loaded a snapshot holding the momentum '
+                'and curvature of Fisher blocks other ranks own, not of {} '
+                '(which it owns): one rank\'s file (ChainerMN\'s rank-0 '
+                'snapshot, serializers.save_npz of the trainer) loaded on '
+                'every rank, which would restart those blocks from nothing; '
+                'resume from a sharded snapshot '
+                '(chainerkfac.training.checkpoint.ShardedSnapshot, then '
+                'checkpoint.load on every rank; train_imagenet.py --resume '
+                'DIR/snapshot_iter_N), or from one file per rank written and '
+                'loaded on as many processes'.format(rank, lost[0]))
+
+    def _agree_on_loaded_state(self):
+        """Every rank raises :class:`~chainerkfac.errors.ForeignSnapshotError`
+        when a rank's last load held other ranks' blocks (one integer
+        all-reduced; the message only then)."""
+        comm = self.communicator.mpi_comm
+        if comm.allreduce(int(self._load_problem is not None), op=MPI.MAX):
+            problem = errors.agreed_error(comm, self._load_problem)
+            raise errors.ForeignSnapshotError(problem)
 
 
 class DistributedGradientClipping(object):

@@ -1,5 +1,7 @@
 """Training utilities: the ImageNet recipe's LR schedule, weight rescaling
-and configuration schema (see :mod:`chainerkfac.training.config`)."""
+and configuration schema (see :mod:`chainerkfac.training.config`); the
+entry points' extensions and triggers (``extensions``, ``triggers``);
+sharded snapshots (``checkpoint``, ``resharding``)."""
 from chainerkfac.training.extensions import add_weight_rescaling  # NOQA
 from chainerkfac.training.extensions import effective_end_epoch  # NOQA
 from chainerkfac.training.extensions import make_lr_schedule  # NOQA

@@ -1,5 +1,5 @@
 """Sharded snapshots: the shared state written once, each rank's owned state
-beside it, and resumption on another number of processes.
+beside it, resumable on any number of processes.
 
 In :class:`~chainerkfac.DistributedKFAC` the momentum and the curvature of a
 Fisher block (EMAs, damped inverses, damping floors, its parameters' update
@@ -19,7 +19,15 @@ The keys are those of the target's ``serialize`` (a trainer's, e.g.
 snapshot would hold, less the empty placeholders of blocks owned elsewhere.
 Every file carries ``_checkpoint/`` metadata: format and version, iteration,
 number of processes, its rank (-1 for the shared file) and the token of the
-save; ``shared.npz`` also lists the blocks and their owners.
+save; ``shared.npz`` also lists the blocks and their owners, where the
+optimizer sits in the target (``optimizer_path``) and the rank-local
+prefixes.
+
+Defaults are the safe ones. For a trainer the optimizer's path is found in
+its updater (``updater/optimizer:main``) and every iterator of the updater is
+rank-local (``updater/iterator:<name>``: each rank resumes its own position
+and order); :func:`load` reads both from the snapshot, so only a caller who
+gives other values than the snapshot's is stopped (one line saying so).
 
 Writes never destroy a checkpoint: every rank writes into
 ``snapshot_iter_<N>.partial-<token>/`` (each file under a temporary name,
@@ -32,13 +40,12 @@ place). A crash leaves the previous snapshot intact or both complete sets.
 every rank file present, all of the same save), then reads the shared state
 on every rank (rank 0 reads the file and broadcasts its bytes) and each
 block's owned state from its old owner's file on the block's new owner,
-under the assignment of the current number of processes. Rank-local state
-comes from the rank's own file on as many processes as wrote the snapshot,
-and from old rank ``r % N`` otherwise, where it fits (an array saved with
-another shape, e.g. an iterator's order over a shard of another size, keeps
-its current value); the caller re-derives what depends on the shards and the
-ranks (:func:`reposition_iterator`, reseeding). Every problem ends every rank
-with the same one-line :class:`CheckpointError`.
+under the assignment of the current number of processes; on another number
+of processes than wrote it, see :mod:`~chainerkfac.training.resharding`
+(where each key comes from, the data iterator, the random states), and
+:func:`resume_trainer` for a trainer. One file (a trainer snapshot one rank
+wrote) is refused: it holds one rank's blocks only. Every problem ends every
+rank with the same one-line :class:`CheckpointError`.
 """
 import io
 import os
@@ -51,61 +58,64 @@ from chainer import training
 from chainer.serializers import npz as chainer_npz
 
 from chainerkfac import assignment as assignment_module
+from chainerkfac import errors
+from chainerkfac.training._snapshot import agree  # NOQA: F401 (public here)
+from chainerkfac.training._snapshot import CheckpointError
+from chainerkfac.training._snapshot import EXTRA  # NOQA: F401
+from chainerkfac.training._snapshot import FORMAT
+from chainerkfac.training._snapshot import META
+from chainerkfac.training._snapshot import mpi_of
+from chainerkfac.training._snapshot import rank_file
+from chainerkfac.training._snapshot import rank_size
+from chainerkfac.training._snapshot import scalar
+from chainerkfac.training._snapshot import SHARED
+from chainerkfac.training._snapshot import VERSION
+from chainerkfac.training import resharding
+from chainerkfac.training.resharding import remaining_epoch_order  # NOQA
+from chainerkfac.training.resharding import reposition_iterator
+from chainerkfac.training.resharding import Resume
 
-FORMAT = 'chainerkfac-sharded-snapshot'
-VERSION = 1
-SHARED = 'shared.npz'
-META = '_checkpoint/'
-EXTRA = '_checkpoint/rank_arrays/'
+#: where a trainer's serialize holds its (main) optimizer
+OPTIMIZER_PATH = 'updater/optimizer:main'
+#: the key prefix of a trainer's iterator ``<name>``: ``ITERATOR + name``
+ITERATOR = 'updater/iterator:'
 #: largest piece of one MPI broadcast of the shared file's bytes
 _BCAST_CHUNK = 1 << 30
 
 
-class CheckpointError(Exception):
-    """A snapshot cannot be written or resumed; one line, the same on every
-    rank (every rank raises it)."""
-
-
-def rank_file(rank):
-    """Name of rank ``rank``'s file inside a snapshot directory."""
-    return 'rank{}.npz'.format(rank)
-
-
-def _one_line(error):
-    text = str(error).strip().splitlines()
-    return '{}: {}'.format(type(error).__name__, text[0] if text else '')
-
-
-def _mpi(comm):
-    """The mpi4py communicator of ``comm`` (a ChainerMN or chainerkfac
-    communicator, an mpi4py one), or None for one process."""
-    if comm is None:
-        return None
-    mpi = getattr(comm, 'mpi_comm', comm)
-    return mpi if mpi.Get_size() > 1 else None
-
-
-def _rank_size(comm):
-    mpi = _mpi(comm)
-    return (0, 1) if mpi is None else (mpi.Get_rank(), mpi.Get_size())
-
-
-def agree(comm, error):
-    """Raises :class:`CheckpointError` on every rank when any rank passes an
-    error message (the lowest such rank's message); returns otherwise."""
-    mpi = _mpi(comm)
-    if mpi is None:
-        if error:
-            raise CheckpointError(error)
-        return
-    from mpi4py import MPI
-    rank, size = mpi.Get_rank(), mpi.Get_size()
-    first = mpi.allreduce(rank if error else size, op=MPI.MIN)
-    if first < size:
-        raise CheckpointError(mpi.bcast(error, root=first))
-
-
 # --- which key goes where -------------------------------------------------
+def optimizer_path_of(target, optimizer):
+    """Where ``optimizer`` sits in ``target.serialize``: ``''`` for the
+    optimizer itself, ``updater/optimizer:<name>`` in a trainer whose updater
+    holds it under ``name``.
+
+    Raises:
+        CheckpointError: another target (pass ``optimizer_path``).
+    """
+    if target is optimizer:
+        return ''
+    updater = getattr(target, 'updater', None)
+    if updater is not None and hasattr(updater, 'get_all_optimizers'):
+        for name, held in sorted(updater.get_all_optimizers().items()):
+            if held is optimizer:
+                return 'updater/optimizer:' + name
+    raise CheckpointError(
+        'cannot tell where the optimizer sits in the serialize of {} (not a '
+        'trainer holding it): pass optimizer_path, the path of its keys (a '
+        "trainer's: {!r})".format(type(target).__name__, OPTIMIZER_PATH))
+
+
+def rank_local_of(target):
+    """The default rank-local prefixes: every iterator of a trainer's updater
+    (``updater/iterator:<name>``); none for another target."""
+    updater = getattr(target, 'updater', None)
+    if updater is None or not hasattr(updater, 'get_iterator'):
+        return ()
+    # Chainer's updaters keep them in _iterators (and have no public list)
+    names = sorted(getattr(updater, '_iterators', None) or ('main',))
+    return tuple(ITERATOR + name for name in names)
+
+
 def block_owners(optimizer, size):
     """Owner rank of each of ``optimizer.fisher_blocks`` on ``size``
     processes: the assignment :class:`~chainerkfac.DistributedKFAC` makes at
@@ -118,9 +128,8 @@ def block_owners(optimizer, size):
     if owners is not None and communicator is not None and \
             communicator.size == size:
         return list(owners)
-    costs = [assignment_module.block_cost(b) for b in blocks]
-    return assignment_module.assign_blocks(
-        costs, size, getattr(optimizer, 'assignment', 'balanced'))
+    return assignment_module.block_owners(
+        blocks, size, getattr(optimizer, 'assignment', 'balanced'))
 
 
 def _join(*parts):
@@ -145,6 +154,7 @@ class Layout(object):
         for i, block in enumerate(self.blocks):
             self._block_of[_join(optimizer_path, 'fisher_blocks',
                                  block.name.strip('/') or 'root')] = i
+        self.optimizer_path = optimizer_path
         self.rank_local = tuple(_join(p) for p in rank_local)
 
     def block_of(self, key):
@@ -239,32 +249,60 @@ def _meta(iteration, size, rank, token):
             META + 'token': numpy.asarray(token)}
 
 
+def _layout(target, optimizer, optimizer_path, rank_local):
+    """The :class:`Layout` of a save, ``None`` arguments by their defaults
+    (:func:`optimizer_path_of`, :func:`rank_local_of`)."""
+    if optimizer_path is None:
+        optimizer_path = optimizer_path_of(target, optimizer)
+    if rank_local is None:
+        rank_local = rank_local_of(target)
+    return Layout(optimizer, optimizer_path, rank_local)
+
+
+def _collect_rank_file(target, layout, mine):
+    """This rank's keys: the owned keys of the blocks ``mine`` and the
+    rank-local keys. Raises when no key of the target is a block's (the
+    owned state would be lost)."""
+    found = []
+
+    def owned_or_local(key):
+        if layout.is_rank_local(key):
+            return True
+        block = layout.block_of(key)
+        found.append(block is not None)
+        return block in mine
+
+    arrays = collect(target, owned_or_local)
+    if layout.blocks and not any(found):
+        raise CheckpointError(
+            'no key of the target is a Fisher block\'s under optimizer_path '
+            '{!r}: the optimizer\'s state would not be saved; give the path '
+            'of its keys'.format(layout.optimizer_path))
+    return arrays
+
+
 def write_files(directory, target, optimizer, rank, size, token, iteration,
-                optimizer_path='', rank_local=(), rank_arrays=None):
+                optimizer_path=None, rank_local=None, rank_arrays=None):
     """Writes rank ``rank``'s file (and, on rank 0, the shared file) into
     ``directory``; no communication. Returns ``{file name: bytes}``.
 
     Args:
         target: the object whose ``serialize`` holds everything (a trainer).
-        optimizer: the K-FAC optimizer inside it, at ``optimizer_path``.
+        optimizer: the K-FAC optimizer inside it, at ``optimizer_path``
+            (None: found in a trainer, :func:`optimizer_path_of`).
         rank, size: this process and the number of processes.
         token (str): the same on every rank for one save.
         iteration (int): recorded in every file.
         rank_local: key prefixes of per-rank state (iterators, random
-            states).
+            states); None: every iterator of a trainer's updater
+            (:func:`rank_local_of`).
         rank_arrays (dict): extra per-rank arrays (e.g. the global indices of
             this rank's data shard), read back with :meth:`Resume.rank_array`.
     """
-    layout = Layout(optimizer, optimizer_path, rank_local)
+    layout = _layout(target, optimizer, optimizer_path, rank_local)
     owners = block_owners(optimizer, size)
     mine = set(i for i, r in enumerate(owners) if r == rank)
-
-    def owned_or_local(key):
-        if layout.is_rank_local(key):
-            return True
-        return layout.block_of(key) in mine
-
-    arrays = collect(target, owned_or_local)
+    arrays = _collect_rank_file(target, layout, mine)
     arrays.update(_meta(iteration, size, rank, token))
     arrays[META + 'owned'] = numpy.array(
         [layout.blocks[i].name for i in sorted(mine)], dtype=str)
@@ -282,13 +320,15 @@ def write_files(directory, target, optimizer, rank, size, token, iteration,
         arrays[META + 'blocks'] = numpy.array(
             [b.name for b in layout.blocks], dtype=str)
         arrays[META + 'owners'] = numpy.asarray(owners, numpy.int64)
-        arrays[META + 'optimizer_path'] = numpy.asarray(optimizer_path)
+        arrays[META + 'optimizer_path'] = numpy.asarray(layout.optimizer_path)
+        arrays[META + 'rank_local'] = numpy.array(layout.rank_local,
+                                                  dtype=str)
         written[SHARED] = _write_npz(os.path.join(directory, SHARED), arrays)
     return written
 
 
 def save(directory, target, optimizer, comm=None, iteration=None,
-         optimizer_path='', rank_local=(), rank_arrays=None):
+         optimizer_path=None, rank_local=None, rank_arrays=None):
     """Writes a sharded snapshot to ``directory`` (collective: every rank
     calls it). See :func:`write_files` for the arguments; ``iteration``
     defaults to ``optimizer.t``.
@@ -301,8 +341,8 @@ def save(directory, target, optimizer, comm=None, iteration=None,
             file or the directory could not be put in place; a directory
             that already held a complete snapshot still does.
     """
-    rank, size = _rank_size(comm)
-    mpi = _mpi(comm)
+    rank, size = rank_size(comm)
+    mpi = mpi_of(comm)
     iteration = optimizer.t if iteration is None else iteration
     token = uuid.uuid4().hex
     if mpi is not None:
@@ -317,7 +357,7 @@ def save(directory, target, optimizer, comm=None, iteration=None,
                               rank_arrays)
     except Exception as e:   # agreed below: no rank is left waiting
         error = 'snapshot {}: rank {} could not write its file ({})'.format(
-            directory, rank, _one_line(e))
+            directory, rank, errors.one_line(e))
     try:
         agree(comm, error)
     except CheckpointError:
@@ -347,7 +387,7 @@ def _publish(staging, directory, size, token):
         os.rename(staging, directory)
     except OSError as e:
         return 'snapshot {}: could not put it in place ({})'.format(
-            directory, _one_line(e))
+            directory, errors.one_line(e))
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return None
@@ -357,19 +397,24 @@ class ShardedSnapshot(training.Extension):
     """Trainer extension: :func:`save` of the trainer to
     ``<out>/<filename>`` (``filename`` formatted with the trainer, default
     ``snapshot_iter_<iteration>``). Every rank must run it at the same
-    iterations (give all ranks the same trigger)."""
+    iterations (give all ranks the same trigger).
+
+    ``optimizer_path`` None: the path of ``optimizer`` in the trainer's
+    updater (``updater/optimizer:main``); ``rank_local`` None: every iterator
+    of the updater (each rank's position and order are its own); give
+    further per-rank state (random states) with the iterators'
+    prefixes."""
 
     trigger = 1, 'epoch'
     priority = -100   # after the other extensions, as Chainer's snapshot
 
-    def __init__(self, comm, optimizer,
-                 optimizer_path='updater/optimizer:main', rank_local=(),
+    def __init__(self, comm, optimizer, optimizer_path=None, rank_local=None,
                  rank_arrays=None,
                  filename='snapshot_iter_{.updater.iteration}'):
         self.comm = comm
         self.optimizer = optimizer
         self.optimizer_path = optimizer_path
-        self.rank_local = tuple(rank_local)
+        self.rank_local = None if rank_local is None else tuple(rank_local)
         self.rank_arrays = rank_arrays
         self.filename = filename
         #: ``{file name: bytes}`` this rank wrote at the last snapshot
@@ -384,38 +429,55 @@ class ShardedSnapshot(training.Extension):
 
 
 # --- reading ----------------------------------------------------------------
-def _scalar(npz, key, kind=int):
-    return kind(npz[key][()])
+def _shared_file_problem(directory):
+    """Rank 0: why ``directory`` holds no shared file to read, or None."""
+    if os.path.isfile(directory):
+        return ('{} is one file, not a sharded snapshot directory: a trainer '
+                'snapshot one rank wrote (ChainerMN\'s rank-0 snapshot, '
+                'serializers.save_npz) holds the momentum and curvature of '
+                'that rank\'s Fisher blocks only, and loading it on every '
+                'rank would reset the others; resume from a snapshot_iter_<N> '
+                'directory written by chainerkfac.training.checkpoint '
+                '(ShardedSnapshot)'.format(directory))
+    if not os.path.isdir(directory):
+        return 'snapshot {}: no such directory'.format(directory)
+    if not os.path.isfile(os.path.join(directory, SHARED)):
+        return ('snapshot {} is incomplete: {} is missing (it is written '
+                'last, after every rank file)'.format(directory, SHARED))
+    return None
+
+
+def _broadcast_bytes(mpi, data):
+    """Rank 0's ``data`` (bytes) on every rank, in pieces of at most
+    ``_BCAST_CHUNK``."""
+    rank = mpi.Get_rank()
+    n = mpi.bcast(len(data) if rank == 0 else None, root=0)
+    buf = bytearray(data) if rank == 0 else bytearray(n)
+    view = memoryview(buf)
+    for start in range(0, n, _BCAST_CHUNK):
+        mpi.Bcast(view[start:start + _BCAST_CHUNK], root=0)
+    return bytes(buf)
 
 
 def _read_shared(directory, comm):
     """``numpy.load`` of the shared file: read by rank 0, its bytes
     broadcast to the others."""
-    rank, size = _rank_size(comm)
-    mpi = _mpi(comm)
+    rank, _ = rank_size(comm)
+    mpi = mpi_of(comm)
     path = os.path.join(directory, SHARED)
     data, error = None, None
     if rank == 0:
-        if not os.path.isdir(directory):
-            error = 'snapshot {}: no such directory'.format(directory)
-        elif not os.path.isfile(path):
-            error = ('snapshot {} is incomplete: {} is missing (it is '
-                     'written last, after every rank file)'.format(
-                         directory, SHARED))
-        else:
+        error = _shared_file_problem(directory)
+        if error is None:
             try:
                 with open(path, 'rb') as f:
                     data = f.read()
             except OSError as e:
-                error = 'snapshot {}: {}'.format(directory, _one_line(e))
+                error = 'snapshot {}: {}'.format(directory,
+                                                 errors.one_line(e))
     agree(comm, error)
     if mpi is not None:
-        n = mpi.bcast(len(data) if rank == 0 else None, root=0)
-        buf = bytearray(data) if rank == 0 else bytearray(n)
-        view = memoryview(buf)
-        for start in range(0, n, _BCAST_CHUNK):
-            mpi.Bcast(view[start:start + _BCAST_CHUNK], root=0)
-        data = bytes(buf)
+        data = _broadcast_bytes(mpi, data)
     error = None
     npz = None
     try:
@@ -427,42 +489,11 @@ def _read_shared(directory, comm):
         error = ('{} is not a snapshot of this format (a directory written '
                  'by chainerkfac.training.checkpoint)'.format(path))
     agree(comm, error)
-    version = _scalar(npz, META + 'version')
+    version = scalar(npz, META + 'version')
     agree(comm, None if version <= VERSION else (
         'snapshot {} has format version {}; this code reads up to {}'.format(
             directory, version, VERSION)))
     return npz
-
-
-class Resume(object):
-    """What :func:`load` read: ``old_size`` (processes that wrote the
-    snapshot), ``size`` (processes now), ``iteration``, ``directory``."""
-
-    def __init__(self, directory, old_size, size, rank, iteration):
-        self.directory = directory
-        self.old_size = old_size
-        self.size = size
-        self.rank = rank
-        self.iteration = iteration
-
-    @property
-    def same_layout(self):
-        """Whether the snapshot was written by as many processes."""
-        return self.old_size == self.size
-
-    def old_ranks(self):
-        """Old ranks whose files this rank checked (``r, r + M, ...``)."""
-        return range(self.rank, self.old_size, self.size)
-
-    def open(self, old_rank):
-        """``numpy.load`` of old rank ``old_rank``'s file (close it)."""
-        return numpy.load(os.path.join(self.directory, rank_file(old_rank)),
-                          allow_pickle=True)
-
-    def rank_array(self, old_rank, name):
-        """A ``rank_arrays`` entry old rank ``old_rank`` saved."""
-        with self.open(old_rank) as f:
-            return f[EXTRA + name]
 
 
 def _check_rank_file(directory, old_rank, old_size, iteration, token):
@@ -476,13 +507,13 @@ def _check_rank_file(directory, old_rank, old_size, iteration, token):
                     rank_file(old_size - 1)))
     try:
         with numpy.load(path, allow_pickle=True) as f:
-            it = _scalar(f, META + 'iteration')
-            size = _scalar(f, META + 'n_processes')
-            rank = _scalar(f, META + 'rank')
+            it = scalar(f, META + 'iteration')
+            size = scalar(f, META + 'n_processes')
+            rank = scalar(f, META + 'rank')
             other = str(f[META + 'token'][()])
     except (KeyError, ValueError, OSError) as e:
         return 'snapshot {}: {} is unreadable ({})'.format(
-            directory, name, _one_line(e))
+            directory, name, errors.one_line(e))
     if it != iteration:
         return ('snapshot {} mixes files of different saves: {} is from '
                 'iteration {}, {} from iteration {}'.format(
@@ -494,161 +525,123 @@ def _check_rank_file(directory, old_rank, old_size, iteration, token):
     return None
 
 
-def load(directory, target, optimizer, comm=None, optimizer_path='',
-         rank_local=()):
+def _saved_layout(shared, directory, target, optimizer, optimizer_path,
+                  rank_local):
+    """``(layout, error)``: the :class:`Layout` the snapshot was written
+    with (its recorded optimizer path and rank-local prefixes; a snapshot
+    of an earlier version, which recorded no prefixes: ``rank_local``, or
+    :func:`rank_local_of`), and a message where the arguments given name
+    others."""
+    saved_path = str(shared[META + 'optimizer_path'][()])
+    saved_local = None
+    if META + 'rank_local' in shared.files:
+        saved_local = tuple(str(p) for p in shared[META + 'rank_local'])
+    if optimizer_path is not None and \
+            optimizer_path.strip('/') != saved_path.strip('/'):
+        return None, (
+            'snapshot {} holds the optimizer at {!r} of its target, not at '
+            'optimizer_path={!r} (leave it unset: load reads it from the '
+            'snapshot)'.format(directory, saved_path, optimizer_path))
+    if rank_local is None:
+        rank_local = saved_local if saved_local is not None \
+            else rank_local_of(target)
+    layout = Layout(optimizer, saved_path, rank_local)
+    if saved_local is not None and \
+            sorted(layout.rank_local) != sorted(saved_local):
+        return None, (
+            'snapshot {} keeps rank-local state under {}, not under '
+            'rank_local={} (leave it unset: load reads it from the '
+            'snapshot)'.format(directory, list(saved_local),
+                               list(layout.rank_local)))
+    return layout, None
+
+
+def _block_mismatch(shared, layout, directory):
+    """A message when the snapshot's Fisher blocks are not the target's."""
+    names = [str(n) for n in shared[META + 'blocks']]
+    mine = [b.name for b in layout.blocks]
+    if names == mine:
+        return None
+    diff = next((i for i, (a, b) in enumerate(zip(names, mine)) if a != b),
+                min(len(names), len(mine)))
+    return ('snapshot {} does not match this model and configuration '
+            '(Fisher block {}: {} in the snapshot, {} here)'.format(
+                directory, diff, names[diff] if diff < len(names) else 'none',
+                mine[diff] if diff < len(mine) else 'none'))
+
+
+def _owners_now(optimizer, size, directory, comm):
+    new_owners, error = None, None
+    try:
+        new_owners = block_owners(optimizer, size)
+    except ValueError as e:
+        error = 'snapshot {}: {}'.format(directory, e)
+    agree(comm, error)
+    return new_owners
+
+
+def load(directory, target, optimizer, comm=None, optimizer_path=None,
+         rank_local=None):
     """Loads a snapshot :func:`save` wrote, on any number of processes
     (collective).
+
+    ``optimizer_path`` and ``rank_local`` default to what the snapshot
+    records (given, they must match it).
 
     Returns:
         Resume: the processes that wrote it, the iteration, and access to the
         old rank files.
 
     Raises:
-        CheckpointError: on every rank: an incomplete or mixed set of
-            files, or a snapshot that does not match ``target``.
+        CheckpointError: on every rank: one file instead of a snapshot
+            directory, an incomplete or mixed set of files, or a snapshot
+            that does not match ``target``.
     """
-    rank, size = _rank_size(comm)
+    rank, size = rank_size(comm)
     directory = os.path.normpath(directory)
     shared = _read_shared(directory, comm)
-    old_size = _scalar(shared, META + 'n_processes')
-    iteration = _scalar(shared, META + 'iteration')
+    old_size = scalar(shared, META + 'n_processes')
+    iteration = scalar(shared, META + 'iteration')
     token = str(shared[META + 'token'][()])
-    errors = [_check_rank_file(directory, r, old_size, iteration, token)
-              for r in range(rank, old_size, size)]
-    agree(comm, next((e for e in errors if e), None))
-
-    layout = Layout(optimizer, optimizer_path, rank_local)
-    names = [str(n) for n in shared[META + 'blocks']]
-    mine = [b.name for b in layout.blocks]
-    error = None
-    if names != mine:
-        diff = next((i for i, (a, b) in enumerate(zip(names, mine))
-                     if a != b), min(len(names), len(mine)))
-        error = ('snapshot {} does not match this model and configuration '
-                 '(Fisher block {}: {} in the snapshot, {} here)'.format(
-                     directory, diff,
-                     names[diff] if diff < len(names) else 'none',
-                     mine[diff] if diff < len(mine) else 'none'))
-    agree(comm, error)
+    problems = [_check_rank_file(directory, r, old_size, iteration, token)
+                for r in range(rank, old_size, size)]
+    agree(comm, next((e for e in problems if e), None))
+    layout, error = _saved_layout(shared, directory, target, optimizer,
+                                  optimizer_path, rank_local)
+    agree(comm, error or _block_mismatch(shared, layout, directory))
     old_owners = [int(r) for r in shared[META + 'owners']]
-    try:
-        new_owners = block_owners(optimizer, size)
-    except ValueError as e:
-        new_owners = None
-        error = 'snapshot {}: {}'.format(directory, e)
-    agree(comm, error)
-
-    files = {}
-
-    def old_file(old_rank):
-        if old_rank not in files:
-            files[old_rank] = numpy.load(
-                os.path.join(directory, rank_file(old_rank)),
-                allow_pickle=True)
-        return files[old_rank]
-
-    local_source = rank if old_size == size else rank % old_size
-    lenient = old_size != size
-
-    def route(key):
-        if layout.is_rank_local(key):
-            return old_file(local_source), lenient
-        block = layout.block_of(key)
-        if block is None:
-            return shared, False
-        if new_owners[block] != rank:
-            return None, False
-        return old_file(old_owners[block]), False
-
+    sources = resharding.KeySources(
+        layout, shared, directory, old_owners,
+        _owners_now(optimizer, size, directory, comm), rank, size, old_size)
     error = None
     try:
-        target.serialize(_Router(route))
+        target.serialize(_Router(sources.route))
     except (KeyError, ValueError, TypeError, AttributeError, IndexError,
             OSError) as e:
         error = ('snapshot {} does not match this model and configuration '
-                 '({})'.format(directory, _one_line(e)))
+                 '({})'.format(directory, errors.one_line(e)))
     finally:
-        for f in files.values():
-            f.close()
+        sources.close()
     agree(comm, error)
     return Resume(directory, old_size, size, rank, iteration)
 
 
-# --- data shards on another number of processes ----------------------------
-def remaining_epoch_order(n, position, unseen, rng):
-    """Order of a shard of ``n`` examples entered at ``position`` of an
-    epoch: a permutation of ``range(n)`` whose positions ``position ..
-    n - 1`` (the rest of the epoch) hold the shard's ``unseen`` examples
-    (boolean mask) first, shuffled, then, if they are fewer than the
-    remaining slots, already seen ones; unseen examples that do not fit and
-    the other seen ones fill the positions before ``position`` (not drawn
-    this epoch)."""
-    unseen = numpy.asarray(unseen, bool)
-    u = rng.permutation(numpy.flatnonzero(unseen))
-    s = rng.permutation(numpy.flatnonzero(~unseen))
-    rest = n - position
-    tail_u = u[:rest]
-    tail_s = s[:rest - len(tail_u)]
-    head = rng.permutation(numpy.concatenate(
-        [u[len(tail_u):], s[len(tail_s):]]))
-    return numpy.concatenate([head, tail_u, tail_s]).astype(numpy.intp)
-
-
-def reposition_iterator(iterator, resume, comm, shard_indices, dataset_size,
-                        rng, iterator_path='updater/iterator:main',
-                        indices_name='shard_indices'):
-    """Places a shuffling iterator (``SerialIterator``,
-    ``MultithreadIterator``) over this rank's new shard after :func:`load`
-    from a snapshot of another process count (collective).
-
-    The old ranks saved their iterator under ``iterator_path`` and the global
-    indices of their shard as the rank array ``indices_name``. The iterator
-    keeps the epoch and enters it at the same fraction (``round(position *
-    n_new / n_old)``, identical on every rank, so epochs end together); the
-    examples drawn in this epoch by any old rank are marked seen, and the
-    rest of the epoch draws the new shard's unseen examples first
-    (:func:`remaining_epoch_order`, shuffled by ``rng``, which should be the
-    iterator's order sampler's random state, reseeded by the caller).
-
-    Args:
-        shard_indices: global index of each example of this rank's shard.
-        dataset_size (int): number of examples of the whole dataset.
-    """
-    rank, size = _rank_size(comm)
-    seen = numpy.zeros(dataset_size, numpy.uint8)
-    prefix = iterator_path.strip('/') + '/'
-
-    def state(f):
-        key = prefix + ('order' if prefix + 'order' in f else '_order')
-        return (int(f[prefix + 'current_position']), int(f[prefix + 'epoch']),
-                bool(f[prefix + 'is_new_epoch']), f[key],
-                float(f[prefix + 'previous_epoch_detail']))
-
-    error = None
-    try:
-        for old in resume.old_ranks():
-            with resume.open(old) as f:
-                position, _, _, order, _ = state(f)
-                indices = f[EXTRA + indices_name]
-            seen[indices[order[:position]]] = 1
-        with resume.open(rank % resume.old_size) as f:
-            position, epoch, is_new_epoch, order, previous = state(f)
-    except (KeyError, ValueError, IndexError, OSError) as e:
-        error = 'snapshot {}: cannot place the data iterator ({})'.format(
-            resume.directory, _one_line(e))
-    agree(comm, error)
-    mpi = _mpi(comm)
-    if mpi is not None:
-        from mpi4py import MPI
-        mpi.Allreduce(MPI.IN_PLACE, seen, op=MPI.MAX)
-    shard_indices = numpy.asarray(shard_indices)
-    n = len(shard_indices)
-    new_position = min(int(round(position * n / float(len(order)))), n)
-    new_order = remaining_epoch_order(
-        n, new_position, seen[shard_indices] == 0, rng)
-    values = {'current_position': new_position, 'epoch': epoch,
-              'is_new_epoch': is_new_epoch, 'order': new_order,
-              '_order': new_order, 'previous_epoch_detail': previous}
-    iterator.serialize(chainer_npz.NpzDeserializer(
-        {k: numpy.asarray(v) for k, v in values.items()}))
-    return new_position
+def resume_trainer(directory, trainer, optimizer, comm, shard_indices,
+                   dataset_size, order_rng, reseed=None, optimizer_path=None,
+                   rank_local=None, iterator='main'):
+    """:func:`load` into ``trainer``, then, on another number of processes
+    than wrote the snapshot, ``reseed(resume)`` (the caller's random states,
+    e.g. with :func:`~chainerkfac.training.resharding.reseed`) and the
+    updater's iterator ``iterator`` placed over this rank's new shard
+    (:func:`~chainerkfac.training.resharding.reposition_iterator`, drawing
+    with ``order_rng``). Collective; returns the :class:`Resume`."""
+    info = load(directory, trainer, optimizer, comm, optimizer_path,
+                rank_local)
+    if not info.same_layout:
+        if reseed is not None:
+            reseed(info)
+        reposition_iterator(
+            trainer.updater.get_iterator(iterator), info, comm,
+            shard_indices, dataset_size, order_rng,
+            iterator_path=ITERATOR + iterator)
+    return info

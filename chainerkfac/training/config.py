@@ -15,197 +15,129 @@ processes by changing ``acc_iters``.
 """
 import collections
 import json
-import numbers
 import warnings
 
 from chainerkfac.assignment import ASSIGNMENTS
 from chainerkfac.optimizers.kfac import BN_FISHER_MODES
 from chainerkfac.optimizers.kfac import PI_TYPES
+from chainerkfac.training import original as original_module
+from chainerkfac.training import validators as check
 
 Key = collections.namedtuple('Key', ('default', 'check', 'doc'))
 
 
-# --- value checks: each returns an error message or None --------------------
-def _is_bool(v):
-    return isinstance(v, bool)
-
-
-def _is_int(v):
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _is_number(v):
-    return isinstance(v, numbers.Real) and not isinstance(v, bool)
-
-
-def _int(lo=None, none=False):
-    def check(v):
-        if none and v is None:
-            return None
-        if not _is_int(v):
-            return 'must be an integer{}'.format(' or null' if none else '')
-        if lo is not None and v < lo:
-            return 'must be >= {}'.format(lo)
-    return check
-
-
-def _number(lo=None, hi=None, lo_open=False, hi_open=False, none=False):
-    def check(v):
-        if none and v is None:
-            return None
-        if not _is_number(v):
-            return 'must be a number{}'.format(' or null' if none else '')
-        if lo is not None and (v <= lo if lo_open else v < lo):
-            return 'must be {} {}'.format('>' if lo_open else '>=', lo)
-        if hi is not None and (v >= hi if hi_open else v > hi):
-            return 'must be {} {}'.format('<' if hi_open else '<=', hi)
-    return check
-
-
-def _choice(*values):
-    def check(v):
-        if v not in values:
-            return 'must be one of {}'.format(', '.join(map(repr, values)))
-    return check
-
-
-def _bool(v):
-    if not _is_bool(v):
-        return 'must be true or false'
-
-
-def _str(v):
-    if not isinstance(v, str):
-        return 'must be a string'
-
-
-def _nonempty_str(v):
-    if not isinstance(v, str) or not v:
-        return 'must be a non-empty string'
-
-
-def _range(lo, hi):
-    """A list ``[a, b]`` with ``lo < a <= b <= hi``."""
-    def check(v):
-        if (not isinstance(v, (list, tuple)) or len(v) != 2
-                or not all(_is_number(x) for x in v)):
-            return 'must be a list of 2 numbers'
-        a, b = v
-        if not lo < a <= b <= hi:
-            return 'must satisfy {} < low <= high <= {}'.format(lo, hi)
-    return check
-
-
 SCHEMA = collections.OrderedDict([
     # model and data
-    ('arch', Key('resnet50', _nonempty_str,
+    ('arch', Key('resnet50', check.nonempty_string,
                  "model name: 'resnet50' (the paper), 'resnet50_d' (the "
                  "original code's README results), 'resnet20'.. (CIFAR-style, "
                  "for 28x28/32x32); checked when the model is built")),
-    ('crop_size', Key(224, _int(1), 'side of the random (train) / centre '
-                      '(validation) crop')),
-    ('batchsize', Key(32, _int(1), 'mini-batch per process and per '
+    ('crop_size', Key(224, check.integer(1), 'side of the random (train) / '
+                      'centre (validation) crop')),
+    ('batchsize', Key(32, check.integer(1), 'mini-batch per process and per '
                       'micro-step (the original: 32 per GPU)')),
-    ('val_batchsize', Key(16, _int(1), 'validation mini-batch per process')),
-    ('acc_iters', Key(1, _int(1),
+    ('val_batchsize', Key(16, check.integer(1),
+                          'validation mini-batch per process')),
+    ('acc_iters', Key(1, check.integer(1),
                       'micro-batches per K-FAC step: gradients and Kronecker '
                       'factors are averaged over them; global batch = '
                       'batchsize x processes x acc_iters')),
-    ('epoch', Key(36, _number(0, lo_open=True),
+    ('epoch', Key(36, check.number(0, lo_open=True),
                   'epochs the trainer runs (the original configs: 36/36/36/'
                   '46/61/81, one more than the README reports)')),
-    ('n_processes', Key(None, _int(1, none=True),
+    ('n_processes', Key(None, check.integer(1, none=True),
                         'processes the configuration assumes '
                         '(informational; see for_processes)')),
     # optimizer
-    ('lr', Key(8.18e-3, _number(0), 'lr0, the initial learning rate')),
-    ('momentum', Key(0.997, _number(0, 1), 'heavy-ball momentum m0')),
-    ('adjust_momentum', Key(True, _bool,
+    ('lr', Key(8.18e-3, check.number(0), 'lr0, the initial learning rate')),
+    ('momentum', Key(0.997, check.number(0, 1), 'heavy-ball momentum m0')),
+    ('adjust_momentum', Key(True, check.boolean,
                             'use m0 lr_t/lr_{t-1} on steps whose lr dropped')),
-    ('damping', Key(2.5e-4, _number(0), 'Tikhonov damping gamma: pi '
+    ('damping', Key(2.5e-4, check.number(0), 'Tikhonov damping gamma: pi '
                     'sqrt(gamma) to A, sqrt(gamma)/pi to G')),
-    ('cov_ema_decay', Key(1.0, _number(0, 1, lo_open=True),
+    ('cov_ema_decay', Key(1.0, check.number(0, 1, lo_open=True),
                           'weight of the newest statistics in the factor '
                           'EMA (1.0: no averaging, as the original configs)')),
-    ('stab_coeff', Key(16.0, _number(0),
+    ('stab_coeff', Key(16.0, check.number(0),
                        'BN damping multiplier: F + stab_coeff gamma I. 16 is '
                        'what the original ran (its configs say 64 but the '
                        'script never passed it)')),
-    ('bn_fisher', Key('full', _choice(*BN_FISHER_MODES),
+    ('bn_fisher', Key('full', check.choice(*BN_FISHER_MODES),
                       "BN Fisher: 'full' (2C x 2C, the original code), "
                       "'unit' (2x2 per channel, SP-NGD), 'diag' (CVPR)")),
-    ('pi_type', Key('tracenorm', _choice(*PI_TYPES),
+    ('pi_type', Key('tracenorm', check.choice(*PI_TYPES),
                     "'tracenorm' (pi = sqrt((tr A/dim A)/(tr G/dim G))) or "
                     "'none' (pi = 1)")),
-    ('stale', Key(False, _bool,
+    ('stale', Key(False, check.boolean,
                   "SP-NGD's stale statistics (KFAC(stale=...), whose own "
                   'default is True); false: every statistic and inverse '
                   'every step, as the original code ran (the CVPR paper '
                   'describes refreshing the factors less often after the '
                   'first iterations: secondary source, not in its code)')),
-    ('stale_threshold', Key(0.2, _number(0, lo_open=True),
+    ('stale_threshold', Key(0.2, check.number(0, lo_open=True),
                             'stale rule: the drift of a statistic (relative '
                             'Frobenius change of its expectation, sampling '
                             'noise removed) each interval aims at')),
-    ('stale_max_interval', Key(20, _int(1), 'stale rule: longest interval '
-                               '(steps)')),
-    ('stale_warmup', Key(5, _int(0), 'stale rule: steps that refresh '
+    ('stale_max_interval', Key(20, check.integer(1), 'stale rule: longest '
+                               'interval (steps)')),
+    ('stale_warmup', Key(5, check.integer(0), 'stale rule: steps that refresh '
                          'everything')),
     ('stale_growth', Key('proportional',
-                         _choice('proportional', 'increment', 'double'),
+                         check.choice('proportional', 'increment', 'double'),
                          'stale rule: interval k -> k * threshold / drift '
                          '(at most 2k), k + 1 or 2k')),
-    ('stale_loss_ratio', Key(1.5, _number(1, lo_open=True, none=True),
+    ('stale_loss_ratio', Key(1.5, check.number(1, lo_open=True, none=True),
                              'stale rule: a loss above this times its recent '
                              'average refreshes everything at the next step '
                              '(null: never)')),
-    ('weight_decay', Key(0.0, _number(0),
+    ('weight_decay', Key(0.0, check.number(0),
                          'L2 coefficient added to the gradient before '
                          'preconditioning (the original: none)')),
-    ('weight_rescaling', Key(True, _bool,
+    ('weight_rescaling', Key(True, check.boolean,
                              'cap ||W||_F at sqrt(2 d_out) after each update '
                              'of conv/FC weights (the original: on)')),
     # learning-rate schedule
-    ('lr_schedule', Key('polynomial', _choice('polynomial', 'constant'),
+    ('lr_schedule', Key('polynomial', check.choice('polynomial', 'constant'),
                         "'polynomial' (PolynomialLRDecay) or 'constant'")),
-    ('lr_power', Key(11.0, _number(0, lo_open=True), 'p of the polynomial '
-                     'decay')),
-    ('lr_start_epoch', Key(1.0, _number(0), 'e_start: lr = lr0 before it '
+    ('lr_power', Key(11.0, check.number(0, lo_open=True), 'p of the '
+                     'polynomial decay')),
+    ('lr_start_epoch', Key(1.0, check.number(0), 'e_start: lr = lr0 before it '
                            '(no warmup)')),
-    ('lr_end_epoch', Key(53.0, _number(0, none=True),
+    ('lr_end_epoch', Key(53.0, check.number(0, none=True),
                          "the original's polynomial_epoch; the decay ends "
                          "at e_end = max(epoch, lr_end_epoch) (epoch if "
                          "null)")),
     # distribution and precision
-    ('comm_dtype', Key('float32', _choice('float32', 'float16'),
+    ('comm_dtype', Key('float32', check.choice('float32', 'float16'),
                        'dtype of the ReduceScatterV/AllGatherV buffers '
                        '(the original: float32)')),
-    ('communicate_after_forward', Key(False, _bool,
+    ('communicate_after_forward', Key(False, check.boolean,
                                       'reduce the A factors during the '
                                       'backward pass')),
-    ('assignment', Key('balanced', _choice(*ASSIGNMENTS),
+    ('assignment', Key('balanced', check.choice(*ASSIGNMENTS),
                        "layer-to-process assignment: 'balanced' or 'count' "
                        "(the original's contiguous chunks)")),
-    ('fp16', Key(False, _bool, 'fp16 model with fp32 master weights '
+    ('fp16', Key(False, check.boolean, 'fp16 model with fp32 master weights '
                  '(the original trained in fp32)')),
-    ('loss_scale', Key(None, _number(0, lo_open=True, none=True),
+    ('loss_scale', Key(None, check.number(0, lo_open=True, none=True),
                        'static loss scale for fp16 (null: none)')),
     # augmentation
-    ('mixup_alpha', Key(0.4, _number(0), 'mixup: lambda ~ Beta(alpha, '
+    ('mixup_alpha', Key(0.4, check.number(0), 'mixup: lambda ~ Beta(alpha, '
                         'alpha), lambda <- max(lambda, 1 - lambda); 0 '
                         'disables')),
-    ('running_mixup', Key(True, _bool,
+    ('running_mixup', Key(True, check.boolean,
                           'mix with the previous (already mixed) batch, as '
                           'the original')),
-    ('random_erasing_p', Key(0.5, _number(0, 1),
+    ('random_erasing_p', Key(0.5, check.number(0, 1),
                              'per-example probability of random erasing; 0 '
                              'disables')),
-    ('random_erasing_area', Key([0.02, 0.25], _range(0, 1),
+    ('random_erasing_area', Key([0.02, 0.25], check.pair_range(0, 1),
                                 'erased area fraction ~ U(low, high)')),
-    ('random_erasing_aspect', Key([0.3, 1.0], _range(0, float('inf')),
+    ('random_erasing_aspect', Key([0.3, 1.0],
+                                  check.pair_range(0, float('inf')),
                                   'aspect ratio ~ U(low, high), randomly '
                                   'transposed')),
-    ('notes', Key('', _str, 'free text')),
+    ('notes', Key('', check.string, 'free text')),
 ])
 
 DEFAULTS = collections.OrderedDict(
@@ -286,7 +218,6 @@ def resolve_config(path=None, overrides=None):
             listed, with the valid ones), a setting given under both names,
             or bad values (all are listed).
     """
-    from chainerkfac.training import original as original_module
     given = _read(path) if path is not None else {}
     for key in original_module.COMMAND_LINE_ONLY:
         if key in given:

@@ -19,16 +19,16 @@ Written and tested on a machine without a GPU: the failure paths are tested with
 stand-in CuPy modules; the success path (device selection, ``describe``) has not run
 on a GPU yet -- ``scripts/gpu_check.sh`` is the command that checks it on one.
 """
-import sys
 import warnings
 
 import chainer
 import numpy
 
+from chainerkfac import errors
 from chainerkfac.cuda import availability
 
 #: exit status of an entry point whose ``--gpu`` cannot be honoured
-EXIT_STATUS = 2
+EXIT_STATUS = errors.EXIT_STATUS
 
 
 class GPUUnavailable(RuntimeError):
@@ -108,14 +108,9 @@ def select_gpu(comm=None, allow_shared=False, use_tensor_core=False):
     """
     local = comm.intra_rank if comm is not None else 0
     needed = 1 if allow_shared or comm is None else comm.intra_size
-    problem = gpu_problem(needed)
-    if comm is not None and comm.size > 1:
-        problems = comm.mpi_comm.allgather(problem)
-    else:
-        problems = [problem]
-    for rank, p in enumerate(problems):
-        if p is not None:
-            raise GPUUnavailable(p, rank)
+    rank, problem = errors.first_error(comm, gpu_problem(needed))
+    if problem is not None:
+        raise GPUUnavailable(problem, rank)
     import cupy
     device_id = local % int(cupy.cuda.runtime.getDeviceCount())
     device = chainer.get_device('@cupy:{}'.format(device_id))
@@ -142,6 +137,20 @@ def describe(device):
                 'im2col + cuBLAS)', chainer.config.use_cudnn_tensor_core))
 
 
+def on_device(converter, device):
+    """``converter``'s arrays (``(x, t)`` or ``(x, t, labels)``) sent to
+    ``device`` (``converter`` itself for None).
+
+    For an old-style converter such as the augmenter (it would get a device
+    number from the updater): the transfer is done here instead."""
+    if device is None:
+        return converter
+
+    def convert(batch, _device=None):
+        return tuple(device.send(a) for a in converter(batch))
+    return convert
+
+
 def synchronize(device):
     """Waits for the device's queued work (no-op for a CPU device or None)."""
     if device is not None and device.xp is not numpy:
@@ -162,12 +171,7 @@ def select_gpu_or_exit(prog, comm=None, allow_shared=False,
                           use_tensor_core=use_tensor_core)
     except GPUUnavailable as e:
         multi = comm is not None and comm.size > 1
-        if comm is None or comm.rank == 0:
-            where = 'error (rank {})'.format(e.rank) if multi else 'error'
-            out = stream or sys.stderr
-            out.write('{}: {}: {}: no usable GPU: {}\n'.format(
-                prog, where, option, e))
-            out.flush()
-        if multi:
-            comm.mpi_comm.Barrier()
-        sys.exit(EXIT_STATUS)
+        errors.exit_on_every_rank(
+            prog, '{}: no usable GPU: {}'.format(option, e), comm,
+            label='error (rank {})'.format(e.rank) if multi else 'error',
+            stream=stream)

@@ -6,7 +6,7 @@ optimizer (K-FAC with the original's defaults, or a first-order method in
 ChainerMN's multi-node optimizer); the command-line options and the
 trainer/snapshot/resume wiring both examples share.
 """
-import sys
+import argparse
 import warnings
 
 import chainer
@@ -16,18 +16,18 @@ from chainer import training
 from chainer.training import extensions
 
 import chainerkfac
+from chainerkfac import errors
 from chainerkfac import threads
 from chainerkfac.communicators import CommunicatorUnavailable
 from chainerkfac.training import checkpoint
 from chainerkfac.training import device as device_module
+from chainerkfac.training import extensions as kfac_extensions
+from chainerkfac.training import resharding
 
 #: exit status of a run stopped by a usage or data problem (one line)
-EXIT_STATUS = 2
+EXIT_STATUS = errors.EXIT_STATUS
 #: the original's KFAC() defaults (its chainerkfac/optimizers/kfac.py)
 KFAC_DEFAULTS = dict(lr=0.001, momentum=0.9, damping=0.03, cov_ema_decay=0.99)
-OPTIMIZER_PATH = 'updater/optimizer:main'
-#: snapshot keys that differ between ranks
-RANK_LOCAL = ('updater/iterator:main',)
 
 
 class DataError(Exception):
@@ -38,20 +38,7 @@ class DataError(Exception):
 def stop(prog, message, comm=None):
     """Rank 0 prints ``PROG: error: MESSAGE``; every rank exits with 2.
     Every rank must call it (the ranks have agreed on the error)."""
-    if comm is None or comm.rank == 0:
-        sys.stderr.write('{}: error: {}\n'.format(prog, message))
-        sys.stderr.flush()
-    if comm is not None and comm.size > 1:
-        comm.mpi_comm.Barrier()
-    sys.exit(EXIT_STATUS)
-
-
-def agreed_error(comm, error):
-    """The first rank's error message (None when no rank has one)."""
-    if comm is None or comm.size == 1:
-        return error
-    errors = comm.mpi_comm.allgather(error)
-    return next((e for e in errors if e), None)
+    errors.exit_on_every_rank(prog, message, comm)
 
 
 def setup_processes(prog, args):
@@ -116,6 +103,18 @@ def build_optimizer(args, comm):
 
 
 # --- command line ---------------------------------------------------------
+def make_parser(prog, doc, epilog, *original):
+    """``(parser, group)``: an example's parser (``doc``'s first line as its
+    description), the original example's options in their group
+    (:func:`add_original_options` with ``original``), and the group
+    ``'options added here'`` for the example to fill."""
+    p = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0],
+                                epilog=epilog)
+    add_original_options(p.add_argument_group(
+        "the original example's options"), *original)
+    return p, p.add_argument_group('options added here')
+
+
 def add_original_options(g, batch_size, optimizers, first_order, archs,
                          arch):
     """The original example's options on group ``g``: default
@@ -198,7 +197,7 @@ def load_on_rank0(prog, comm, device, load):
             train, test = load()
         except DataError as e:
             error = str(e)
-    error = agreed_error(comm, error)
+    error = errors.agreed_error(comm, error)
     if error:
         stop(prog, error, comm)
 
@@ -254,26 +253,64 @@ def build_trainer(args, comm, device, model, optimizer, train_iter,
         # each rank holds the curvature of the blocks it owns: every rank
         # writes its part (chainerkfac.training.checkpoint)
         trainer.extend(checkpoint.ShardedSnapshot(
-            comm, optimizer, optimizer_path=OPTIMIZER_PATH,
-            rank_local=RANK_LOCAL,
-            rank_arrays={'shard_indices': shard_indices}),
+            comm, optimizer, rank_arrays={'shard_indices': shard_indices}),
             trigger=(interval, 'epoch'), name='snapshot')
     elif rank == 0:
         trainer.extend(extensions.snapshot(), trigger=(interval, 'epoch'))
     if rank == 0:
         trainer.extend(extensions.LogReport())
-        if args.plot and extensions.PlotReport.available():
-            trainer.extend(extensions.PlotReport(
-                ['main/loss', 'validation/main/loss'], 'epoch',
-                file_name='loss.png'))
-            trainer.extend(extensions.PlotReport(
-                ['main/accuracy', 'validation/main/accuracy'], 'epoch',
-                file_name='accuracy.png'))
+        if args.plot:
+            kfac_extensions.add_plot_reports(trainer)
         trainer.extend(extensions.PrintReport(
             ['epoch', 'main/loss', 'validation/main/loss', 'main/accuracy',
              'validation/main/accuracy', 'elapsed_time']))
         trainer.extend(extensions.ProgressBar())
     return trainer, sharded
+
+
+def train(prog, args, comm, device, load, make_model, make_iterators,
+          schedule=()):
+    """What both examples do after :func:`setup_processes`: rank 0 reads
+    the data (``load()``), which is split over the ranks; the model
+    (``make_model()``, initial weights from ``--seed``) goes to ``device``
+    with its optimizer (:func:`build_optimizer`); ``make_iterators(train,
+    test, order_sampler)`` gives the iterators; then the trainer
+    (:func:`build_trainer`, with ``schedule``), ``--resume`` and the run.
+    Returns the trainer."""
+    rank, size = (0, 1) if comm is None else (comm.rank, comm.size)
+    train, test = load_on_rank0(prog, comm, device, load)
+    train, test, n_train, shard_indices = scatter(comm, train, test,
+                                                  args.seed)
+    numpy.random.seed(args.seed)   # initial weights (rank 0's are broadcast)
+    model = make_model()
+    if device is not None:
+        model.to_device(device)    # before setup: the optimizer state too
+    optimizer = build_optimizer(args, comm)
+    optimizer.setup(model)
+    order_rng = numpy.random.RandomState([args.seed, size, rank])
+    train_iter, test_iter = make_iterators(
+        train, test, chainer.iterators.ShuffleOrderSampler(order_rng))
+    trainer, sharded = build_trainer(
+        args, comm, device, model, optimizer, train_iter, test_iter,
+        shard_indices, schedule)
+    if args.resume:
+        resume(prog, args, trainer, optimizer, comm, sharded, shard_indices,
+               n_train, order_rng)
+    run(trainer)
+    return trainer
+
+
+def report_final(trainer, comm, what):
+    """Rank 0: ``final: WHAT on N process(es): epoch E, validation accuracy
+    A, loss L`` from the last log entry."""
+    if comm is not None and comm.rank != 0:
+        return
+    last = trainer.get_extension('LogReport').log[-1]
+    print('final: {} on {} process(es): epoch {}, validation accuracy '
+          '{:.4f}, loss {:.4f}'.format(
+              what, 1 if comm is None else comm.size, last['epoch'],
+              last['validation/main/accuracy'],
+              last['validation/main/loss']), flush=True)
 
 
 def run(trainer):
@@ -291,23 +328,17 @@ def resume(prog, args, trainer, optimizer, comm, sharded, shard_indices,
     error = None
     if sharded:
         try:
-            info = checkpoint.load(args.resume, trainer, optimizer, comm,
-                                   optimizer_path=OPTIMIZER_PATH,
-                                   rank_local=RANK_LOCAL)
-            if not info.same_layout:
-                order_rng.seed([args.seed, comm.size, comm.rank,
-                                info.iteration])
-                checkpoint.reposition_iterator(
-                    trainer.updater.get_iterator('main'), info, comm,
-                    shard_indices, n_train, order_rng)
+            checkpoint.resume_trainer(
+                args.resume, trainer, optimizer, comm, shard_indices,
+                n_train, order_rng, reseed=lambda info: resharding.reseed(
+                    [order_rng], info, args.seed, with_index=False))
         except checkpoint.CheckpointError as e:
             error = str(e)   # the same on every rank
     else:
         try:
             chainer.serializers.load_npz(args.resume, trainer)
         except Exception as e:   # a missing file, another model, ...
-            error = '{}: {}'.format(type(e).__name__,
-                                    (str(e).strip().splitlines() or [''])[0])
-        error = agreed_error(comm, error)
+            error = errors.one_line(e)
+        error = errors.agreed_error(comm, error)
     if error:
         stop(prog, '--resume {}: {}'.format(args.resume, error), comm)

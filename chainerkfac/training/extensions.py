@@ -1,15 +1,20 @@
-"""Trainer extensions and update-rule hooks of the ImageNet recipe.
+"""Trainer extensions and update-rule hooks of the entry points.
 
-Both reproduce ``examples/imagenet/train.py`` of the original code
+Two reproduce ``examples/imagenet/train.py`` of the original code
 (tyohei/chainerkfac): :class:`PolynomialLRDecay` is its ``LrPolynomialDecay``
 and :class:`WeightRescaling` its ``NormalizeWeightUR``.
+:class:`CommunicationVolume` reports the bytes a rank sent per update, and
+:func:`add_plot_reports` sets up the loss and accuracy plots every entry
+point draws.
 """
 import math
 
+import chainer
 import chainer.links as L
 import numpy
 from chainer import backend
 from chainer.training import extension
+from chainer.training import extensions as chainer_extensions
 
 
 def polynomial_decay(epoch, lr0, power, start_epoch, end_epoch):
@@ -235,3 +240,50 @@ def add_weight_rescaling(model, gain=2.0,
             continue
         count += 1
     return count
+
+
+class CommunicationVolume(extension.Extension):
+    """Reports ``comm/MB_per_update``: MB this rank sent (``comm.bytes_sent``,
+    a chainerkfac communicator's counter) per K-FAC update of ``acc_iters``
+    iterations."""
+
+    trigger = (1, 'iteration')
+
+    def __init__(self, comm, acc_iters):
+        self.comm, self.acc_iters = comm, acc_iters
+        self._last = 0
+
+    def __call__(self, trainer):
+        sent = self.comm.bytes_sent
+        chainer.report({'comm/MB_per_update': (sent - self._last)
+                        * self.acc_iters / 2 ** 20})
+        self._last = sent
+
+
+#: the plots every entry point draws: training and validation loss, accuracy
+LOSS_AND_ACCURACY = ((['main/loss', 'validation/main/loss'], 'loss.png'),
+                     (['main/accuracy', 'validation/main/accuracy'],
+                      'accuracy.png'))
+
+
+def add_plot_reports(trainer, x_key='epoch', trigger=None, extra=()):
+    """Extends ``trainer`` with a ``PlotReport`` for each of
+    :data:`LOSS_AND_ACCURACY` and then of ``extra`` (``(keys, file name)``
+    pairs), when matplotlib can draw them (``PlotReport.available()``).
+
+    Args:
+        x_key (str): ``'epoch'`` or ``'iteration'``.
+        trigger: None (``PlotReport``'s default, every epoch), or a function
+            returning a new trigger for each plot (triggers keep state).
+
+    Returns:
+        int: the number of plots added.
+    """
+    if not chainer_extensions.PlotReport.available():
+        return 0
+    plots = list(LOSS_AND_ACCURACY) + list(extra)
+    for keys, name in plots:
+        kwargs = {} if trigger is None else {'trigger': trigger()}
+        trainer.extend(chainer_extensions.PlotReport(
+            keys, x_key, file_name=name, **kwargs))
+    return len(plots)

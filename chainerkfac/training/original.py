@@ -44,8 +44,9 @@ What each original key becomes (``docs/migrating.md`` has the whole table):
   ``train``, ``val`` and ``config`` are command-line arguments only.
 """
 import collections
-import numbers
 import os
+
+from chainerkfac.training import validators
 
 #: the original's keys with another name here
 RENAMED = collections.OrderedDict([
@@ -93,49 +94,30 @@ ARCH_FILES = collections.OrderedDict([('resnet50_d.py', 'resnet50_d'),
 RE_AREA_DEFAULT = (0.02, 0.25)
 
 
-def _is_number(v):
-    return isinstance(v, numbers.Real) and not isinstance(v, bool)
-
-
-def _path_or_none(v):
-    if v is not None and not isinstance(v, str):
-        return 'must be a path (string) or null'
-
-
 def _check_iterator(v):
     if v not in ('thread', 'process', 'serial'):
         return "must be 'thread', 'process' or 'serial'"
 
 
 def _check_loaderjob(v):
-    if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 0:
+    if not validators.is_int(v) or v < 0:
         return 'must be an integer >= 0'
-
-
-def _check_bool(v):
-    if not isinstance(v, bool):
-        return 'must be true or false'
-
-
-def _check_name(v):
-    if not isinstance(v, str) or not v:
-        return 'must be a non-empty string'
 
 
 #: the original's other options, allowed in its files: key -> check
 RUN_OPTIONS = collections.OrderedDict([
-    ('train_root', _check_name),
-    ('val_root', _check_name),
-    ('mean', _path_or_none),
+    ('train_root', validators.nonempty_string),
+    ('val_root', validators.nonempty_string),
+    ('mean', validators.path_or_none),
     ('loaderjob', _check_loaderjob),
     ('iterator', _check_iterator),
-    ('initmodel', _path_or_none),
-    ('resume', _path_or_none),
-    ('out', _check_name),
-    ('test', _check_bool),
-    ('stats', _check_bool),
-    ('config_out', _check_name),
-    ('use_tensor_core', _check_bool),
+    ('initmodel', validators.path_or_none),
+    ('resume', validators.path_or_none),
+    ('out', validators.nonempty_string),
+    ('test', validators.boolean),
+    ('stats', validators.boolean),
+    ('config_out', validators.nonempty_string),
+    ('use_tensor_core', validators.boolean),
 ])
 
 #: the original's positional arguments and --config: not allowed in a file
@@ -183,8 +165,10 @@ def translate(given, base, lower_original=None):
     Args:
         given (dict): a configuration in either format (or a mix).
         base (dict): the complete configuration of lower precedence
-            (defaults, or defaults plus the file): fills the other half of
-            ``re_area_rl``/``re_area_rh``.
+            (defaults, or defaults plus the file), in the order of
+            :data:`~chainerkfac.training.config.SCHEMA`: its keys are ours
+            (so this module needs not import ``config``, which imports it),
+            and it fills the other half of ``re_area_rl``/``re_area_rh``.
         lower_original (dict): the original's keys of lower precedence
             (``{key: value}``): fill the other half of
             ``arch_file``/``arch_name``.
@@ -200,15 +184,15 @@ def translate(given, base, lower_original=None):
         ValueError: a key given under both names, a key of neither format
             (all listed), or a bad value of an original-only key.
     """
-    from chainerkfac.training.config import SCHEMA
+    ours = base   # every key of SCHEMA, in its order
     lower_original = lower_original or {}
-    unknown = sorted(k for k in given if k not in SCHEMA and k not in KNOWN)
+    unknown = sorted(k for k in given if k not in ours and k not in KNOWN)
     if unknown:
         raise ValueError(
             'unknown configuration key(s): {}; valid keys: {}; and the '
-            'original\'s: {}'.format(', '.join(unknown), ', '.join(SCHEMA),
+            'original\'s: {}'.format(', '.join(unknown), ', '.join(ours),
                                      ', '.join(k for k in KNOWN
-                                               if k not in SCHEMA)))
+                                               if k not in ours)))
     both = []
     for old, new in list(RENAMED.items()) + [
             (k, v) for k, v in MAPPED.items() if v is not None]:
@@ -219,7 +203,7 @@ def translate(given, base, lower_original=None):
             'the same setting under the original\'s name and ours: {} '
             '(give one)'.format('; '.join(sorted(set(both)))))
     config = collections.OrderedDict(
-        (k, v) for k, v in given.items() if k in SCHEMA)
+        (k, v) for k, v in given.items() if k in ours)
     original = collections.OrderedDict()
     warnings = []
     run_options = collections.OrderedDict()
@@ -265,7 +249,7 @@ def translate(given, base, lower_original=None):
         config['random_erasing_aspect'] = [given['re_aspect_rl'], 1.0]
         record('re_aspect_rl', 'random_erasing_aspect')
     for key in ('re_area_rl', 're_area_rh', 're_aspect_rl'):
-        if key in given and not _is_number(given[key]):
+        if key in given and not validators.is_number(given[key]):
             raise ValueError('{} must be a number (got {!r})'.format(
                 key, given[key]))
     if 'nw_skip_scale_comp' in given:

@@ -32,7 +32,6 @@ The GPU paths (default without ``--no_cuda``) are written for one CuPy
 device per process and have not run on a GPU from this repository's
 machines; without a usable GPU they stop with one line.
 """
-import argparse
 import os
 import pickle
 import sys
@@ -48,6 +47,7 @@ import chainer.links as L  # NOQA: E402
 import numpy  # NOQA: E402
 from chainer.training import extensions  # NOQA: E402
 
+from chainerkfac import errors  # NOQA: E402
 from chainerkfac.training import allocator  # NOQA: E402
 from chainerkfac.training import example_support as support  # NOQA: E402
 from chainerkfac.training.example_support import (  # NOQA: E402,F401
@@ -96,8 +96,8 @@ def read_batch(path):
     except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError,
             ValueError, AttributeError) as e:
         raise DataError('{} is not a CIFAR-10 python batch (a pickled dict '
-                        'with data and labels): {}: {}'.format(
-                            path, type(e).__name__, e))
+                        'with data and labels): {}'.format(
+                            path, errors.one_line(e)))
     if data.dtype != numpy.uint8 or data.ndim != 2 or \
             data.shape[1] != 3 * 32 * 32 or labels.shape != data.shape[:1]:
         raise DataError('{}: data {} {} and labels {} (expected N x 3072 '
@@ -140,18 +140,15 @@ def load_cifar10(directory):
 
 # --- command line ---------------------------------------------------------
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        prog=PROG, description=__doc__.splitlines()[0],
-        epilog='Defaults of --lr/--momentum/--damping/--cov_ema_decay: those '
+    p, h = support.make_parser(
+        PROG, __doc__,
+        'Defaults of --lr/--momentum/--damping/--cov_ema_decay: those '
         'of the original: K-FAC lr 0.001, momentum 0.9, damping 0.03, '
         'cov_ema_decay 0.99; MomentumSGD lr 0.01, momentum 0.9; Adam alpha '
         '0.001; SGD lr 0.01. The learning rate (Adam: alpha) halves every '
-        '25 epochs.')
-    g = p.add_argument_group("the original example's options")
-    support.add_original_options(
-        g, 64, OPTIMIZERS, ('MomentumSGD', 'momentum_sgd'),
-        cifar_models.ARCHS, 'resnet50')
-    h = p.add_argument_group('options added here')
+        '25 epochs.',
+        64, OPTIMIZERS, ('MomentumSGD', 'momentum_sgd'), cifar_models.ARCHS,
+        'resnet50')
     h.add_argument('--data_dir', default=DEFAULT_DATA_DIR,
                    help='directory of the CIFAR-10 python batches (default '
                    '%(default)s)')
@@ -166,51 +163,32 @@ def parse_args(argv=None):
 
 
 # --- training -------------------------------------------------------------
+def make_iterators(args, train, test, order_sampler):
+    return (chainer.iterators.MultithreadIterator(
+        train, args.batch_size, n_threads=N_THREADS,
+        order_sampler=order_sampler),
+        chainer.iterators.MultithreadIterator(
+            test, args.batch_size, repeat=False, shuffle=False,
+            n_threads=N_THREADS))
+
+
 def main(argv=None):
     allocator.configure_allocator()   # reuse freed host memory (no-op on GPU)
     args = parse_args(argv)
     comm, device = support.setup_processes(PROG, args)
-    rank, size = (0, 1) if comm is None else (comm.rank, comm.size)
-    # rank 0 reads the data; every rank stops with its one line on a problem
-    train, test = support.load_on_rank0(PROG, comm, device,
-                                        lambda: load_cifar10(args.data_dir))
-    train, test, n_train, shard_indices = support.scatter(
-        comm, train, test, args.seed)
-
-    numpy.random.seed(args.seed)   # initial weights (rank 0's are broadcast)
-    model = L.Classifier(cifar_models.ARCHS[args.arch](width=args.width))
-    if device is not None:
-        model.to_device(device)    # before setup: the optimizer state too
-    optimizer = build_optimizer(args, comm)
-    optimizer.setup(model)
-
-    order_rng = numpy.random.RandomState([args.seed, size, rank])
-    train_iter = chainer.iterators.MultithreadIterator(
-        train, args.batch_size, n_threads=N_THREADS,
-        order_sampler=chainer.iterators.ShuffleOrderSampler(order_rng))
-    test_iter = chainer.iterators.MultithreadIterator(
-        test, args.batch_size, repeat=False, shuffle=False,
-        n_threads=N_THREADS)
     # every rank: the learning rate stays the same on all of them
     schedule = [(extensions.ExponentialShift(
         'alpha' if args.optimizer == 'adam' else 'lr', LR_FACTOR),
         (LR_EPOCHS, 'epoch'))]
-    trainer, sharded = support.build_trainer(
-        args, comm, device, model, optimizer, train_iter, test_iter,
-        shard_indices, schedule)
-
-    if args.resume:
-        support.resume(PROG, args, trainer, optimizer, comm, sharded,
-                       shard_indices, n_train, order_rng)
-
-    support.run(trainer)
-    if rank == 0:
-        last = trainer.get_extension('LogReport').log[-1]
-        print('final: cifar10 {} (width {:g}) {} on {} process(es): epoch '
-              '{}, validation accuracy {:.4f}, loss {:.4f}'.format(
-                  args.arch, args.width, args.optimizer, size, last['epoch'],
-                  last['validation/main/accuracy'],
-                  last['validation/main/loss']), flush=True)
+    # rank 0 reads the data; every rank stops with its one line on a problem
+    trainer = support.train(
+        PROG, args, comm, device, lambda: load_cifar10(args.data_dir),
+        lambda: L.Classifier(cifar_models.ARCHS[args.arch](
+            width=args.width)),
+        lambda train, test, sampler: make_iterators(args, train, test,
+                                                    sampler), schedule)
+    support.report_final(trainer, comm, 'cifar10 {} (width {:g}) {}'.format(
+        args.arch, args.width, args.optimizer))
 
 
 if __name__ == '__main__':

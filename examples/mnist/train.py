@@ -27,7 +27,6 @@ The GPU paths (default without ``--no_cuda``) are written for one CuPy
 device per process and have not run on a GPU from this repository's
 machines; without a usable GPU they stop with one line.
 """
-import argparse
 import gzip
 import os
 import sys
@@ -141,17 +140,13 @@ def load_data(args):
 
 # --- command line ---------------------------------------------------------
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        prog=PROG, description=__doc__.splitlines()[0],
-        epilog='Defaults of --lr/--momentum/--damping/--cov_ema_decay: those '
+    p, h = support.make_parser(
+        PROG, __doc__,
+        'Defaults of --lr/--momentum/--damping/--cov_ema_decay: those '
         'of the original: K-FAC lr 0.001, momentum 0.9, damping 0.03, '
         'cov_ema_decay 0.99; Adam alpha 0.001; (momentum) SGD lr 0.01, '
-        'momentum 0.9.')
-    g = p.add_argument_group("the original example's options")
-    support.add_original_options(
-        g, 100, OPTIMIZERS, ('Adam', 'adam'), mnist_models.ARCHS,
-        'mlp')
-    h = p.add_argument_group('options added here')
+        'momentum 0.9.',
+        100, OPTIMIZERS, ('Adam', 'adam'), mnist_models.ARCHS, 'mlp')
     h.add_argument('--dataset', choices=('mnist', 'fashion-mnist'),
                    default='mnist')
     h.add_argument('--data_dir', default=None,
@@ -165,46 +160,25 @@ def parse_args(argv=None):
 
 
 # --- training -------------------------------------------------------------
+def make_iterators(args, train, test, order_sampler):
+    return (chainer.iterators.SerialIterator(train, args.batch_size,
+                                             order_sampler=order_sampler),
+            chainer.iterators.SerialIterator(test, args.batch_size,
+                                             repeat=False, shuffle=False))
+
+
 def main(argv=None):
     allocator.configure_allocator()   # reuse freed host memory (no-op on GPU)
     args = parse_args(argv)
     comm, device = support.setup_processes(PROG, args)
-    rank, size = (0, 1) if comm is None else (comm.rank, comm.size)
     # rank 0 reads the data; every rank stops with its one line on a problem
-    train, test = support.load_on_rank0(PROG, comm, device,
-                                        lambda: load_data(args))
-    train, test, n_train, shard_indices = support.scatter(
-        comm, train, test, args.seed)
-
-    numpy.random.seed(args.seed)   # initial weights (rank 0's are broadcast)
-    model = L.Classifier(mnist_models.ARCHS[args.arch]())
-    if device is not None:
-        model.to_device(device)    # before setup: the optimizer state too
-    optimizer = build_optimizer(args, comm)
-    optimizer.setup(model)
-
-    order_rng = numpy.random.RandomState([args.seed, size, rank])
-    train_iter = chainer.iterators.SerialIterator(
-        train, args.batch_size,
-        order_sampler=chainer.iterators.ShuffleOrderSampler(order_rng))
-    test_iter = chainer.iterators.SerialIterator(
-        test, args.batch_size, repeat=False, shuffle=False)
-    trainer, sharded = support.build_trainer(
-        args, comm, device, model, optimizer, train_iter, test_iter,
-        shard_indices)
-
-    if args.resume:
-        support.resume(PROG, args, trainer, optimizer, comm, sharded,
-                       shard_indices, n_train, order_rng)
-
-    support.run(trainer)
-    if rank == 0:
-        last = trainer.get_extension('LogReport').log[-1]
-        print('final: {} {} {} on {} process(es): epoch {}, validation '
-              'accuracy {:.4f}, loss {:.4f}'.format(
-                  args.dataset, args.arch, args.optimizer, size,
-                  last['epoch'], last['validation/main/accuracy'],
-                  last['validation/main/loss']), flush=True)
+    trainer = support.train(
+        PROG, args, comm, device, lambda: load_data(args),
+        lambda: L.Classifier(mnist_models.ARCHS[args.arch]()),
+        lambda train, test, sampler: make_iterators(args, train, test,
+                                                    sampler))
+    support.report_final(trainer, comm, '{} {} {}'.format(
+        args.dataset, args.arch, args.optimizer))
 
 
 if __name__ == '__main__':
