@@ -464,9 +464,9 @@ def test_fixed_factor_and_inverse_intervals(rng):
     emas = []
     original_ema = block.update_ema
 
-    def recording(stats, decay, elapsed=None):
+    def recording(stats, decay, elapsed=None, present=None):
         emas.append(dict(elapsed or {}))
-        return original_ema(stats, decay, elapsed)
+        return original_ema(stats, decay, elapsed, present)
     block.update_ema = recording
     for _ in range(7):
         opt.update(model, *nets.mlp_batch(rng))

@@ -261,7 +261,7 @@ class FisherBlock(object):
         return bank[:, s * count:(s + 1) * count]
 
     # --- curvature ---------------------------------------------------------
-    def update_ema(self, statistics, decay, elapsed=None):
+    def update_ema(self, statistics, decay, elapsed=None, present=None):
         """``ema = w new + (1 - w) ema`` with ``w = 1 - (1 - r)^k``
         (``r = decay``, the weight of the newest statistic: the original
         code's convention; 1 keeps the newest only), where ``k`` is the
@@ -270,15 +270,24 @@ class FisherBlock(object):
         updates ``ema = r new + (1 - r) ema`` with the same statistic, so a
         statistic refreshed every ``k`` steps keeps the weighting of the
         every-step EMA instead of lagging ``k`` times further behind. The
-        first statistic initialises the EMA."""
+        first statistic initialises the EMA.
+
+        ``present[name]``, a 0-d 0/1 device array (DistributedKFAC: whether
+        the ranks captured the statistic; 0 when every rank skipped the
+        link), multiplies ``w``: an absent statistic leaves the EMA as it
+        was, decided on the device."""
+        present = present or {}
         for name, new in statistics.items():
             old = self.ema[name]
             k = 1 if elapsed is None else elapsed.get(name, 1)
             weight = 1.0 - (1.0 - decay) ** k
-            if old is None or weight == 1:
+            mask = present.get(name)
+            if mask is not None and old is not None:
+                weight = weight * mask
+            elif old is None or weight == 1:
                 self.ema[name] = new
-            else:
-                self.ema[name] = weight * new + (1 - weight) * old
+                continue
+            self.ema[name] = weight * new + (1 - weight) * old
 
     def statistic_square_norm(self, name, statistic):
         """``||X||_F^2`` of a reduced statistic, or its probe estimate when
@@ -290,7 +299,7 @@ class FisherBlock(object):
                 backend.get_array_module(statistic), statistic.dtype)
         return statistic_square_norm(statistic, probes)
 
-    def refresh_reference(self, name, new, moment):
+    def refresh_reference(self, name, new, moment, present=None):
         """The stale rule's measure for a refresh of statistic ``name``.
 
         Args:
@@ -304,7 +313,8 @@ class FisherBlock(object):
             for the first refresh. ``new`` and its sampling noise become the
             reference of the next refresh (with ``cov_ema_decay`` 1 that is
             the EMA itself; otherwise one more array of the statistic's
-            size is kept).
+            size is kept). ``present`` (a 0-d 0/1 device array, see
+            :meth:`update_ema`): 0 keeps the previous reference.
         """
         mu2, examples = moment
         noise = stale.sampling_noise(
@@ -316,6 +326,12 @@ class FisherBlock(object):
             previous = self.reference_noise[name]
             change = stale.drift(new, noise, reference,
                                  0.0 if previous is None else previous)
+        if (present is not None and reference is not None and
+                reference is not self.ema[name]):   # (the EMA is masked)
+            new = present * new + (1 - present) * reference
+            previous = self.reference_noise[name]
+            noise = present * noise + (1 - present) * (
+                0.0 if previous is None else previous)
         self.reference[name] = new
         self.reference_noise[name] = noise
         return change

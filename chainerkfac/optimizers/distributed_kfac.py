@@ -249,8 +249,9 @@ class DistributedKFAC(KFAC):
             params += self.plain_params
         for param in params:
             if param.grad is not None:
-                g = param.grad.astype(numpy.float32, copy=False)
-                total += float((g * g).sum())
+                g = param.grad.astype(numpy.promote_types(
+                    param.grad.dtype, numpy.float32), copy=False).ravel()
+                total += float(g.dot(g))
         return total
 
     # --- the step ---------------------------------------------------------
@@ -312,6 +313,9 @@ class DistributedKFAC(KFAC):
             else:
                 moment, examples = moments[name]
                 self._examples[block.schedule_keys[name]] = examples
+                if moment is None:      # a fixed schedule: only the presence
+                    moment = 1.0
+            # a missed statistic's moment is 0: all ranks 0 = all skipped
             out[name] = (xp.zeros(1, stats[name].dtype) if moment is None
                          else xp.asarray(moment, stats[name].dtype).reshape(1))
         return stats, out
@@ -357,7 +361,7 @@ class DistributedKFAC(KFAC):
             own = own + layout.forward(comm.rank)
             received = list(received) + list(self._pending_a.wait())
         self._pending_a = None
-        stats = dict((b, ({}, {})) for b in self.owned_blocks)
+        stats = dict((b, ({}, {}, {})) for b in self.owned_blocks)
         for e, array in zip(own, received):
             if e.kind == wire.GRADIENT:
                 getattr(e.block.link, e.name).grad[...] = array
@@ -365,18 +369,20 @@ class DistributedKFAC(KFAC):
                 stats[e.block][0][e.name] = array
             elif e.kind == wire.MOMENT:
                 examples = self._examples.get(e.block.schedule_keys[e.name], 0)
-                stats[e.block][1][e.name] = (array.reshape(()),
-                                             examples * comm.size)
+                moment = array.reshape(())
+                stats[e.block][1][e.name] = (moment, examples * comm.size)
+                # every rank missed it (or it is exactly zero): keep the EMA
+                stats[e.block][2][e.name] = (moment > 0).astype(array.dtype)
             else:
                 self._missing_seen = array[:1]
                 self._mean_loss = None if loss is None else array[1]
         self._allreduce_plain_and_bn()
         ordered = []
         for block in self.owned_blocks:            # in statistic_names order
-            values, moments = stats[block]
+            values, moments, present = stats[block]
             ordered.append((block, dict(
                 (n, values[n]) for n in block.statistic_names
-                if n in values), moments))
+                if n in values), moments, present))
         return ordered
 
     def _set_due_statistics(self):
@@ -395,20 +401,31 @@ class DistributedKFAC(KFAC):
         return [self._missing_seen] if self._missing_seen is not None else []
 
     def verify_device_checks(self, values):
-        """Ends every rank with the same error when any rank missed a due
-        statistic, naming the links and ranks (the names are gathered only
-        then)."""
+        """When any rank missed a due statistic (the flag every segment
+        carries), the ranks gather the names (only then) and agree: a
+        statistic every rank missed (a link every rank skipped this step)
+        is not refreshed, as in :class:`KFAC` (its owner saw a zero moment
+        and kept its EMA); one that some ranks missed and others captured
+        ends every rank with the same error naming both."""
         self._missing_seen = None
         missing, self._missing = self._missing, []
-        if len(values) and values[0] > 0:
-            per_rank = self.communicator.mpi_comm.allgather(missing)
-            where = '; '.join('rank {}: {}'.format(r, ', '.join(names))
-                              for r, names in enumerate(per_rank) if names)
+        if not (len(values) and values[0] > 0):
+            return
+        per_rank = self.communicator.mpi_comm.allgather(missing)
+        size = len(per_rank)
+        partial = []
+        for name in sorted(set(n for names in per_rank for n in names)):
+            ranks = [r for r, names in enumerate(per_rank) if name in names]
+            if len(ranks) < size:
+                partial.append('{} on ranks {} (captured on {})'.format(
+                    name, ranks, [r for r in range(size) if r not in ranks]))
+        if partial:
             raise RuntimeError(
-                'chainerkfac: statistics due this step were not captured '
-                '({}): every rank must call every link with a Fisher block '
-                'in each update (a data-dependent branch or a bug in the '
-                'model skips a link on some ranks)'.format(where))
+                'chainerkfac: statistics due this step were captured on some '
+                'ranks only: {}; every rank must call the same links with a '
+                'Fisher block in each update (a data-dependent branch, or a '
+                'bug in the model, skips a link on some ranks; a link every '
+                'rank skips is fine)'.format('; '.join(partial)))
 
     def _allreduce_plain_and_bn(self):
         arrays = [p.grad for p in self.plain_params if p.grad is not None]

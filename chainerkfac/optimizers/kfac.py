@@ -166,6 +166,7 @@ class KFAC(optimizer.GradientMethod):
         self._hook = None
         self._status = None
         self._refreshed_keys = set()
+        self._present = {}
         self._early_refreshes = 0
         self._loss = None
         #: a :class:`chainerkfac.profiling.StageTimer` to time the stages
@@ -354,15 +355,20 @@ class KFAC(optimizer.GradientMethod):
 
     #: the decision value that makes a statistic due at the next step
     CALL_EARLY = -1
+    #: the decision value of a due statistic no rank captured: still due
+    NOT_REFRESHED = -2
 
     def _apply_schedule(self, decisions):
         """Records the schedule decisions of this step (every statistic's,
         from its owner): a positive value is the next interval of a
         statistic refreshed now, :attr:`CALL_EARLY` makes it due at the next
-        step (a refreshed one with interval 1), 0 leaves it as it is."""
+        step (a refreshed one with interval 1), :attr:`NOT_REFRESHED` (a due
+        statistic every rank skipped) and 0 leave it as it is."""
         step = self.t
         refreshed = self.refreshed_keys()
         for key, value in decisions.items():
+            if value == self.NOT_REFRESHED:
+                continue
             if key in refreshed:
                 self.schedule.refreshed(key, step, max(1, value))
             if value == self.CALL_EARLY:
@@ -388,11 +394,13 @@ class KFAC(optimizer.GradientMethod):
 
         Returns:
             list of ``(block, {statistic name: array}, {statistic name:
-            (mu2, examples)})``: the statistics, and the per-example moments
-            and example counts behind them (the sampling-noise estimate of
-            the stale rule, :func:`chainerkfac.stale.sampling_noise`).
+            (mu2, examples)}, {})``: the statistics, and the per-example
+            moments and example counts behind them (the sampling-noise
+            estimate of the stale rule,
+            :func:`chainerkfac.stale.sampling_noise`); see
+            :meth:`update_curvature`.
         """
-        return [(b,) + b.take_statistics(with_moments=True)
+        return [(b,) + b.take_statistics(with_moments=True) + ({},)
                 for b in self.fisher_blocks]
 
     def exchange_parameters(self, decisions):
@@ -423,8 +431,10 @@ class KFAC(optimizer.GradientMethod):
 
         Args:
             statistics: list of ``(block, {name: array}, {name: (mu2,
-                examples)})`` of the owned blocks, in :attr:`owned_blocks`
-                order; absent names were not refreshed this step.
+                examples)}, {name: present})`` of the owned blocks, in
+                :attr:`owned_blocks` order; absent names were not refreshed
+                this step; ``present`` (DistributedKFAC only): 0-d 0/1
+                device arrays, 0 for a statistic every rank skipped.
             status (chainerkfac.step_status.StepStatus): inversion statuses.
 
         Returns:
@@ -436,7 +446,8 @@ class KFAC(optimizer.GradientMethod):
         hp, step = self.hyperparam, self.t
         changes = {}
         self._refreshed_keys = set()
-        for index, (block, stats, moments) in enumerate(statistics):
+        self._present = {}
+        for index, (block, stats, moments, present) in enumerate(statistics):
             keys = block.schedule_keys
             elapsed = {}
             for name, new in stats.items():
@@ -448,10 +459,16 @@ class KFAC(optimizer.GradientMethod):
                     continue
                 with timed(self.timer, 'ema'):
                     changes[key] = block.refresh_reference(
-                        name, new, moments.get(name, (None, 0)))
+                        name, new, moments.get(name, (None, 0)),
+                        present.get(name))
+            self._present.update((keys[n], m) for n, m in present.items())
             if stats:
                 with timed(self.timer, 'ema'):
-                    block.update_ema(stats, hp.cov_ema_decay, elapsed)
+                    block.update_ema(stats, hp.cov_ema_decay, elapsed,
+                                     present)
+                    if hp.cov_ema_decay == 1:
+                        for name in present:     # the reference is the EMA
+                            block.reference[name] = block.ema[name]
             if any(block.ema[n] is None for n in block.statistic_names):
                 continue
             names = self.schedule.inverse_due(step, stats,
@@ -517,9 +534,12 @@ class KFAC(optimizer.GradientMethod):
         on_device = [k for k, c in changes.items() if not isinstance(c, float)]
         checks = self.device_checks()
         loss = self.step_loss()
-        statuses, values, losses, check_values = step_status.fetch(
+        present = sorted(self._present)
+        statuses, values, losses, check_values, presence = step_status.fetch(
             status.array, [changes[k] for k in on_device],
-            [] if loss is None else [loss], checks)
+            [] if loss is None else [loss], checks,
+            [self._present[k] for k in present])
+        absent = set(k for k, v in zip(present, presence) if v == 0)
         self.verify_device_checks(check_values)
         width = step_status.SLOTS_PER_BLOCK
         for index, block in enumerate(self.owned_blocks):
@@ -533,7 +553,9 @@ class KFAC(optimizer.GradientMethod):
         self._early_refreshes = 0
         for block in self.owned_blocks:
             for key in block.schedule_keys.values():
-                if spike:
+                if key in absent:      # every rank skipped the link
+                    decisions[key] = self.NOT_REFRESHED
+                elif spike:
                     decisions[key] = self.CALL_EARLY
                     self._early_refreshes += key not in changes
                 elif key in changes:
@@ -555,7 +577,22 @@ class KFAC(optimizer.GradientMethod):
     def serialize(self, serializer):
         """Saves/loads the update rules (momentum, ``t``, ``lr_prev``) and
         every block's EMAs and inverses, so a resumed optimizer takes the
-        same next step."""
+        same next step.
+
+        Raises:
+            RuntimeError: a save between the micro-batches of an
+                ``acc_iters`` step (the partial sums are not part of a
+                snapshot, so the resumed run would differ): snapshot at step
+                boundaries (every ``acc_iters`` updater iterations).
+        """
+        if (self._micro_step and not isinstance(
+                serializer, chainer.serializer.Deserializer)):
+            raise RuntimeError(
+                'chainerkfac.KFAC: snapshot taken after {} of the {} '
+                'micro-batches of a step (acc_iters): its partial sums would '
+                'be lost; trigger snapshots every multiple of acc_iters '
+                'updater iterations'.format(self._micro_step,
+                                             self.acc_iters))
         super(KFAC, self).serialize(serializer)
         self.schedule.serialize(serializer['schedule'])
         blocks = serializer['fisher_blocks']
