@@ -18,6 +18,17 @@ class NotPositiveDefiniteError(ArithmeticError):
     """A damped factor could not be made positive definite."""
 
 
+# The recovery of a damped factor (or BN channel) that is not positive
+# definite, the same in every block: its diagonal is raised to
+# base * 10^k for k = 0 .. RECOVERY_TRIES - 1, with
+# base = max(damping, RECOVERY_RELATIVE * mean eigenvalue, RECOVERY_TINY)
+# (mean eigenvalue: tr/dim; for one value or a 2x2 block, its own); if none
+# works, the block (or channel) takes the plain gradient.
+RECOVERY_RELATIVE = 1e-6
+RECOVERY_TINY = 1e-30
+RECOVERY_TRIES = 8
+
+
 def add_diagonal(matrix, value):
     """Returns ``matrix + value * I`` as a new array (the input is untouched).
 
@@ -88,13 +99,15 @@ def cholesky_inverse(matrix, status=None, slot=0, overwrite=False):
     return inverse
 
 
-def damped_inverse(matrix, damping, max_tries=8):
+def damped_inverse(matrix, damping, max_tries=RECOVERY_TRIES):
     """``(M + damping I)^-1``, raising the damping until M is invertible.
 
     The recovery path for a factor whose damped copy proved not positive
     definite (zero damping on a singular factor, round-off on a nearly
     singular one): the diagonal is raised to ``base * 10^k`` for
-    ``k = 0, 1, ...`` with ``base = max(damping, 1e-6 * tr(M)/dim(M), tiny)``
+    ``k = 0, 1, ...`` with ``base = max(damping, RECOVERY_RELATIVE *
+    tr(M)/dim(M), tiny)`` (:data:`RECOVERY_RELATIVE`, the rule every block
+    follows)
     until the factorization succeeds. It reads values on the host, so the
     training step calls it only after a failure was seen.
 
@@ -117,8 +130,8 @@ def damped_inverse(matrix, damping, max_tries=8):
     scale = float(trace_ratio(matrix))
     if not math.isfinite(scale):
         raise NotPositiveDefiniteError('factor has non-finite entries')
-    tiny = 100 * numpy.finfo(matrix.dtype).tiny
-    base = max(damping, 1e-6 * abs(scale), tiny)
+    tiny = max(100 * numpy.finfo(matrix.dtype).tiny, RECOVERY_TINY)
+    base = max(damping, RECOVERY_RELATIVE * abs(scale), tiny)
     for k in range(max_tries):
         added = base * 10.0 ** k
         try:

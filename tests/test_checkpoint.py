@@ -359,3 +359,35 @@ def test_one_file_is_refused_saying_how_to_resume(batches, tmp_path):
         checkpoint.load(path, State(model, opt), opt, optimizer_path=OPT)
     assert 'is one file, not a sharded snapshot directory' in str(e.value)
     assert 'ShardedSnapshot' in str(e.value) and '\n' not in str(e.value)
+
+
+def test_a_snapshot_missing_a_velocity_is_an_error_not_a_reset(rng, tmp_path):
+    """has_v says a velocity was saved: dropping it from the file makes the
+    load fail naming it (it used to reset the momentum silently); a rule
+    that never updated saves has_v = 0 and loads without one."""
+    import chainer
+    import numpy
+    import nets
+    from chainerkfac.optimizers import KFAC
+    model = nets.make(nets.MLP)
+    opt = KFAC(lr=0.05)
+    opt.setup(model)
+    opt.update(model, *nets.mlp_batch(rng))
+    path = str(tmp_path / 'opt.npz')
+    chainer.serializers.save_npz(path, opt)
+    with numpy.load(path) as f:
+        saved = dict(f)
+    assert saved['l1/W/has_v'] == 1
+    numpy.savez(str(tmp_path / 'cut.npz'),
+                **{k: v for k, v in saved.items() if k != 'l1/W/v'})
+    fresh = KFAC(lr=0.05)
+    fresh.setup(nets.make(nets.MLP))
+    with pytest.raises(KeyError, match='holds no "v"'):
+        chainer.serializers.load_npz(str(tmp_path / 'cut.npz'), fresh)
+    never = KFAC(lr=0.05)
+    never.setup(nets.make(nets.MLP))
+    chainer.serializers.save_npz(str(tmp_path / 'never.npz'), never)
+    with numpy.load(str(tmp_path / 'never.npz')) as f:
+        assert f['l1/W/has_v'] == 0 and 'l1/W/v' not in f
+    chainer.serializers.load_npz(str(tmp_path / 'never.npz'), fresh)
+    assert fresh.target.l1.W.update_rule.state is None

@@ -85,3 +85,29 @@ def test_non_finite_factor_falls_back_to_plain_gradient(rng):
         opt.update(loss_of(model), x, t)
     numpy.testing.assert_allclose(model[0].W.array, before - 0.1 * grad,
                                   rtol=1e-5)
+
+
+def test_every_bn_mode_and_cholesky_recover_with_the_same_rule():
+    """One recovery rule (chainerkfac.linalg.RECOVERY_*): an entry -5e-3
+    with damping 1e-3 is raised to base 10^k with base = damping, and
+    k = 1 (1e-2) is the first that works, in the full (Cholesky), unit
+    (2x2 kernel) and diagonal modes alike, each over what it inverts: the
+    whole matrix, the channel's 2x2 block, the one entry."""
+    from chainerkfac import linalg
+    from chainerkfac.cuda import ops
+    from chainerkfac.fisher_blocks.batch_normalization import diagonal_inverse
+    f = numpy.array([-5e-3, 1.0])
+    expected = 1 / (f + 1e-2)
+    full, added = linalg.damped_inverse(numpy.diag(f), 1e-3)
+    assert added == pytest.approx(1e-2)
+    numpy.testing.assert_allclose(numpy.diag(full), expected, rtol=1e-12)
+    status = numpy.zeros(2, numpy.int32)
+    unit = ops.unit_fisher_inverse(numpy.diag(f).reshape(1, 2, 2), 1e-3,
+                                   status, 0)
+    numpy.testing.assert_allclose(numpy.diag(unit[0]), expected, rtol=1e-12)
+    diag = diagonal_inverse(f, 1e-3, status, 1)
+    numpy.testing.assert_allclose(diag, [expected[0], 1 / (1 + 1e-3)],
+                                  rtol=1e-12)
+    assert list(status) == [1, 1]
+    hopeless = diagonal_inverse(numpy.array([numpy.nan, 1.0]), 1e-3, status, 0)
+    assert hopeless[0] == 1 and status[0] == 2     # the plain gradient

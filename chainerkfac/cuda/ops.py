@@ -13,6 +13,7 @@ over); tests pass a small one to exercise the grid-stride loops.
 """
 import numpy
 
+from chainerkfac import linalg as linalg_recovery
 from chainerkfac.cuda import launcher
 from chainerkfac.cuda import reference
 
@@ -363,7 +364,11 @@ def unit_fisher_inverse_call(xp, fisher, inverse, damping, status, slot,
     n = fisher.shape[0]
     kernel = launcher.kernel('unit_fisher',
                              'unit_fisher_inverse_' + _SUFFIX[fisher.dtype])
-    args = (fisher, inverse, numpy.int64(n), fisher.dtype.type(damping),
+    t = fisher.dtype.type
+    args = (fisher, inverse, numpy.int64(n), t(damping),
+            t(linalg_recovery.RECOVERY_RELATIVE),
+            t(linalg_recovery.RECOVERY_TINY),
+            numpy.int32(linalg_recovery.RECOVERY_TRIES),
             status, _int32('unit_fisher_inverse', 'len(status)',
                            status.shape[0]), slot)
     return KernelCall(kernel, grid_size(n, grid), BLOCK, args, n)
@@ -379,8 +384,10 @@ def unit_fisher_inverse(fisher, damping, status, slot, grid=None):
         status: 1-D int32 array; ``status[slot] = max(status[slot], level)``
             with the highest fallback level of any channel when above 0
             (0: ``damping`` was enough; 1: ``lam = base * 10^k`` with
-            ``base = max(damping, 1e-6 |a + c| / 2, 1e-30)``, ``k = 0..7``;
-            2: none was, or ``a + c`` is not finite, so the identity).
+            ``base = max(damping, relative |a + c| / 2, tiny)``, ``k = 0 ..
+            tries - 1``, the constants of :mod:`chainerkfac.linalg`'s
+            recovery rule; 2: none was, or ``a + c`` is not finite, so the
+            identity).
 
     Returns:
         a new ``(C, 2, 2)`` array of ``fisher``'s dtype: per channel

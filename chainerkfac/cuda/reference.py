@@ -10,6 +10,8 @@ import functools
 
 import numpy
 
+from chainerkfac import linalg
+
 #: Rows per block when the lower triangle is mirrored from the upper one.
 MIRROR_BLOCK = 64
 
@@ -168,8 +170,9 @@ def unit_fisher_inverse(fisher, damping, status, slot):
 
     ``fisher``: ``(C, 2, 2)`` float32/float64 (``fisher[:, 1, 0]`` is not
     read). Per channel, in the dtype: level 0 ``lam = damping``; level 1
-    ``lam = base * 10^k``, ``k = 0..7``, ``base = max(damping, 1e-6 |a + c|
-    / 2, 1e-30)``; level 2 identity. Positive definite iff ``a + lam > 0``
+    ``lam = base * 10^k``, ``k = 0 .. RECOVERY_TRIES - 1``, ``base =
+    max(damping, RECOVERY_RELATIVE |a + c| / 2, RECOVERY_TINY)``
+    (:mod:`chainerkfac.linalg`); level 2 identity. Positive definite iff ``a + lam > 0``
     and ``det > 0`` finite; inverse ``[[c', -b], [-b, a']] / det``.
     ``status[slot] = max(status[slot], level)`` for the highest level above
     0. Returns a new ``(C, 2, 2)`` array.
@@ -185,11 +188,12 @@ def unit_fisher_inverse(fisher, damping, status, slot):
     if pending.any():
         total = a + c
         base = numpy.maximum(
-            numpy.maximum(t(damping), t(1e-6) * numpy.abs(total) / t(2)),
-            t(1e-30))
+            numpy.maximum(t(damping), t(linalg.RECOVERY_RELATIVE) *
+                          numpy.abs(total) / t(2)),
+            t(linalg.RECOVERY_TINY))
         trying = pending & numpy.isfinite(total)
         power = t(1)
-        for _ in range(8):
+        for _ in range(linalg.RECOVERY_TRIES):
             if not trying.any():
                 break
             ok = _damped_inverse(a, b, c, base * power, trying, inverse)

@@ -454,6 +454,10 @@ class FisherBlock(object):
                 try:
                     self.damping_floor[name] = float(serializer(key, 0.0))
                 except KeyError:  # a snapshot from before floors existed
+                    warnings.warn(
+                        'chainerkfac: the snapshot has no damping floor for '
+                        'Fisher block {} (written by an older version): it '
+                        'starts from none'.format(self.name), RuntimeWarning)
                     self.damping_floor[name] = 0.0
             else:
                 serializer(key, self.damping_floor[name])

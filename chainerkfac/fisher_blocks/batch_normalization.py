@@ -2,6 +2,7 @@
 import numpy
 from chainer import backend
 
+from chainerkfac import linalg
 from chainerkfac.cuda import ops
 from chainerkfac.fisher_blocks.base import batch_sum
 from chainerkfac.fisher_blocks.base import compute_dtype
@@ -38,23 +39,33 @@ def per_example_gradients(x, gy, axis, eps, grad_scale):
 def diagonal_inverse(fisher, damping, status, slot):
     """``1 / (f + damping)`` per entry of a diagonal Fisher, on the device.
 
-    An entry whose damped value is not finite and positive gets
-    ``1 / (f + base)`` with ``base = max(damping, 1e-6 mean|f|, 1e-30)``
-    (level 1), or 1 if that fails too (level 2: plain gradient);
-    ``status[slot]`` becomes at least the highest level.
+    An entry whose damped value is not finite and positive follows the
+    recovery rule of every block (:data:`chainerkfac.linalg.RECOVERY_TRIES`
+    and friends): ``1 / (f + base 10^k)`` for the first ``k`` that works,
+    ``base = max(damping, RECOVERY_RELATIVE |f|, RECOVERY_TINY)`` (level 1),
+    or 1 if none does (level 2: the plain gradient); ``status[slot]``
+    becomes at least the highest level.
     """
     xp = backend.get_array_module(fisher)
-    damped = fisher + damping
+    t = fisher.dtype.type
+    damped = fisher + t(damping)
     ok = xp.isfinite(damped) & (damped > 0)
-    base = xp.maximum(xp.maximum(damping, 1e-6 * abs(fisher).mean()), 1e-30)
-    raised = fisher + base.astype(fisher.dtype)
-    ok_raised = xp.isfinite(raised) & (raised > 0)
-    inverse = xp.where(ok, 1 / xp.where(ok, damped, 1),
-                       xp.where(ok_raised, 1 / xp.where(ok_raised, raised, 1),
-                                1)).astype(fisher.dtype)
-    level = xp.where(ok.all(), 0, xp.where((ok | ok_raised).all(), 1, 2))
+    inverse = xp.where(ok, 1 / xp.where(ok, damped, 1), 1).astype(
+        fisher.dtype)
+    base = xp.maximum(xp.maximum(t(damping), t(linalg.RECOVERY_RELATIVE) *
+                                 abs(fisher)), t(linalg.RECOVERY_TINY))
+    pending = ~ok & xp.isfinite(fisher)
+    recovered = xp.zeros_like(ok)
+    power = t(1)
+    for _ in range(linalg.RECOVERY_TRIES):
+        raised = fisher + base * power
+        works = pending & ~recovered & xp.isfinite(raised) & (raised > 0)
+        inverse = xp.where(works, 1 / xp.where(works, raised, 1), inverse)
+        recovered |= works
+        power = power * t(10)
+    level = xp.where(ok.all(), 0, xp.where((ok | recovered).all(), 1, 2))
     status[slot] = xp.maximum(status[slot], level.astype(numpy.int32))
-    return inverse
+    return inverse.astype(fisher.dtype, copy=False)
 
 
 class BatchNormalizationBlock(FisherBlock):

@@ -1,7 +1,8 @@
 """Per-parameter update rule of K-FAC: heavy-ball momentum on a direction."""
-import numpy
+import warnings
 
 import chainer
+import numpy
 from chainer import optimizer
 
 from chainerkfac.cuda import ops
@@ -107,18 +108,37 @@ class KFACUpdateRule(optimizer.UpdateRule):
         """Saves/loads ``t``, ``lr_prev`` and the velocity ``v``.
 
         A rule that never updated its parameter (in DistributedKFAC, one
-        owned by another rank) has no velocity and saves none; loading such
-        a snapshot leaves the state to be created at the first update.
-        (Chainer does not save the fp32 master copy of an fp16 parameter;
-        it is re-made from the fp16 value on resume.)
+        owned by another rank) has no velocity: it saves ``has_v = 0`` and
+        no ``v``, and loading that leaves the state to be created at the
+        first update. A snapshot that says it has a velocity but lacks it
+        is an error (``KeyError`` naming the key), never a silent reset of
+        the momentum; one written before ``has_v`` existed without a ``v``
+        resets it with a warning. (Chainer does not save the fp32 master
+        copy of an fp16 parameter; it is re-made from the fp16 value.)
         """
         self.t = serializer('t', self.t)
         self.lr_prev = float(serializer('lr_prev', self.lr_prev))
-        if isinstance(serializer, chainer.serializer.Deserializer):
-            try:
-                v = serializer('v', None)
-            except KeyError:
-                v = None
-            self._state = None if v is None else {'v': v}
-        elif self.state is not None:
-            serializer('v', self.state['v'])
+        if not isinstance(serializer, chainer.serializer.Deserializer):
+            serializer('has_v', int(self.state is not None))
+            if self.state is not None:
+                serializer('v', self.state['v'])
+            return
+        try:
+            has_v = int(serializer('has_v', 0))
+        except KeyError:                    # written before has_v existed
+            has_v = None
+        if has_v == 0:
+            self._state = None
+            return
+        try:
+            v = serializer('v', None)
+        except KeyError:
+            if has_v:
+                raise KeyError('chainerkfac: the snapshot says this '
+                               'parameter has a momentum velocity but holds '
+                               'no "v": it is incomplete')
+            warnings.warn('chainerkfac: a snapshot without a momentum '
+                          'velocity (written by an older version): momentum '
+                          'restarts from zero', RuntimeWarning)
+            v = None
+        self._state = None if v is None else {'v': v}

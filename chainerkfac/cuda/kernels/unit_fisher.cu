@@ -3,9 +3,10 @@
 //   level 0: lam = damping; a' = a + lam, c' = c + lam, det = a' c' - b b;
 //            positive definite iff a' > 0, det > 0 and det finite; then
 //            inverse = [[c', -b], [-b, a']] / det.
-//   level 1: otherwise, with base = max(damping, 1e-6 |a + c| / 2, 1e-30),
-//            lam = base * 10^k for k = 0..7 (10^k by repeated multiplication
-//            in T), the first positive definite one.
+//   level 1: otherwise, with base = max(damping, relative |a + c| / 2,
+//            tiny), lam = base * 10^k for k = 0..tries-1 (10^k by repeated
+//            multiplication in T), the first positive definite one
+//            (chainerkfac.linalg.RECOVERY_*: the rule of every block).
 //   level 2: none was (or a + c is not finite): the identity.
 // status[slot] = max(status[slot], level) for the levels above 0 (atomicMax).
 // Build with --fmad=false so that det is not contracted to a multiply-add.
@@ -27,8 +28,9 @@ __device__ __forceinline__ bool damped_inverse(T a, T b, T c, T lam, T* out) {
 template <typename T>
 __device__ __forceinline__ void unit_inverse_body(const T* fisher, T* inverse,
                                                   long long n, T damping,
-                                                  int* status, int n_status,
-                                                  int slot) {
+                                                  T relative, T tiny,
+                                                  int tries, int* status,
+                                                  int n_status, int slot) {
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
        i += (long long)blockDim.x * gridDim.x) {
     T a = fisher[4 * i];
@@ -40,11 +42,11 @@ __device__ __forceinline__ void unit_inverse_body(const T* fisher, T* inverse,
     T sum = a + c;
     if (isfinite(sum)) {
       T base = damping;
-      T relative = (T)1e-6 * fabs(sum) / (T)2;
-      if (relative > base) base = relative;
-      if ((T)1e-30 > base) base = (T)1e-30;
+      T scaled = relative * fabs(sum) / (T)2;
+      if (scaled > base) base = scaled;
+      if (tiny > base) base = tiny;
       T power = (T)1;
-      for (int k = 0; k < 8; ++k) {
+      for (int k = 0; k < tries; ++k) {
         if (damped_inverse(a, b, c, base * power, out)) {
           level = 1;
           break;
@@ -64,14 +66,16 @@ __device__ __forceinline__ void unit_inverse_body(const T* fisher, T* inverse,
 
 extern "C" __global__ void unit_fisher_inverse_f32(
     const float* fisher /* [4 * n] */, float* inverse /* [4 * n] */,
-    long long n, float damping, int* status /* [n_status] */, int n_status,
-    int slot) {
-  unit_inverse_body(fisher, inverse, n, damping, status, n_status, slot);
+    long long n, float damping, float relative, float tiny, int tries,
+    int* status /* [n_status] */, int n_status, int slot) {
+  unit_inverse_body(fisher, inverse, n, damping, relative, tiny, tries,
+                    status, n_status, slot);
 }
 
 extern "C" __global__ void unit_fisher_inverse_f64(
     const double* fisher /* [4 * n] */, double* inverse /* [4 * n] */,
-    long long n, double damping, int* status /* [n_status] */, int n_status,
-    int slot) {
-  unit_inverse_body(fisher, inverse, n, damping, status, n_status, slot);
+    long long n, double damping, double relative, double tiny, int tries,
+    int* status /* [n_status] */, int n_status, int slot) {
+  unit_inverse_body(fisher, inverse, n, damping, relative, tiny, tries,
+                    status, n_status, slot);
 }
