@@ -25,7 +25,7 @@ import sys
 import time
 
 try:
-    import chainerkfac  # NOQA: before chainer (chainerkfac/_compat.py)
+    import chainerkfac  # NOQA: F401 (before chainer: chainerkfac/_compat.py)
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, os.path.dirname(os.path.dirname(
         os.path.abspath(__file__))))

@@ -1,4 +1,3 @@
-import numpy
 import pytest
 
 from chainerkfac import assignment

@@ -5,7 +5,7 @@ iterator placed on another process count."""
 import os
 import warnings
 
-import chainerkfac  # NOQA: I100 (first: makes Chainer importable on NumPy 2)
+import chainerkfac  # NOQA: F401,I100 (first: makes Chainer importable on NumPy 2)
 import chainer
 import numpy
 import pytest

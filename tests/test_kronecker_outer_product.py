@@ -13,8 +13,6 @@ chainer.functions on copies of the parameters.  A wrong bias placement
 transposed Kronecker order all break the identity.
 """
 
-import copy
-
 import chainer
 import chainer.functions as F
 import chainer.links as L

@@ -47,7 +47,9 @@ def test_verify_collects_the_ranks_results_through_mpi():
     said 'NO' while every rank had printed 'match'."""
     result = run_mpi(3, COMM_VOLUME, '--verify', 'float32', timeout=120)
     assert result.returncode == 0, result.stdout
-    lines = [l for l in result.stdout.splitlines() if l.startswith('verify')]
-    assert [l.split()[4] for l in lines[:3]] == ['rank=0', 'rank=1', 'rank=2']
-    assert all(l.endswith(' match') for l in lines[:3]), lines
+    lines = [line for line in result.stdout.splitlines()
+             if line.startswith('verify')]
+    assert [line.split()[4] for line in lines[:3]] == ['rank=0', 'rank=1',
+                                                       'rank=2']
+    assert all(line.endswith(' match') for line in lines[:3]), lines
     assert lines[3:] == ['verify-summary ranks=3 all-match=yes'], lines

@@ -6,7 +6,7 @@ test_checkpoint.py; under mpiexec: test_checkpoint_mpi.py and
 test_checkpoint_train_imagenet.py."""
 import os
 
-import chainerkfac  # NOQA: I100 (first: makes Chainer importable on NumPy 2)
+import chainerkfac  # NOQA: F401,I100 (first: makes Chainer importable on NumPy 2)
 import numpy
 import pytest
 

@@ -309,9 +309,9 @@ def test_threads_benchmark_runs_every_configuration(tmp_path):
             if line.startswith('| ')][1:]
     expected = benchmark.configurations(len(os.sched_getaffinity(0)))
     assert [cells[0][2:] for cells in rows] == [label for label, _, _ in expected]
-    for cells, (_, _, threads) in zip(rows, expected):
-        if threads != 'auto':
-            assert cells[1] == str(threads)     # every pool ran with that count
+    for cells, (_, _, count) in zip(rows, expected):
+        if count != 'auto':
+            assert cells[1] == str(count)     # every pool ran with that count
         assert re.fullmatch(r'\d+\.\d{4}', cells[3]), cells   # a median s/step
     assert '- 2 ranks: default / configured = ' in report
     assert '- 1 process: configured / better of 1 and 2 threads' in report

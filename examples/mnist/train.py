@@ -37,7 +37,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(
 sys.path.insert(0, REPO)
 
 # chainerkfac before chainer: it makes Chainer 7.8.1 import on NumPy 2
-import chainerkfac  # NOQA: E402
+import chainerkfac  # NOQA: E402,F401
 import chainer  # NOQA: E402
 import chainer.links as L  # NOQA: E402
 import numpy  # NOQA: E402

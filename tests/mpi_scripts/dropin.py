@@ -9,7 +9,6 @@ import os
 import sys
 
 import chainerkfac  # NOQA: I100 (first: makes Chainer importable on NumPy 2)
-import chainer
 import chainer.functions as F
 import numpy
 from chainer import optimizer_hooks

@@ -1,7 +1,6 @@
 """The communicator's byte counters equal the planned traffic of a step."""
 import sys
 
-import chainer.functions as F
 import numpy
 
 import chainerkfac
