@@ -1,4 +1,6 @@
-"""Launching test scripts under mpiexec from pytest, with a timeout."""
+"""Launching test scripts under mpiexec from pytest, with a timeout, and
+reading what each rank of them recorded."""
+import json
 import os
 import subprocess
 import sys
@@ -47,3 +49,34 @@ def run_mpi(n, script, *args, timeout=120):
     return run_command(cmd, timeout, OPENBLAS_NUM_THREADS='1',
                        PYTHONPATH=os.pathsep.join(
                            [ROOT, HERE, os.environ.get('PYTHONPATH', '')]))
+
+
+def read_rank_records(directory, n, output=''):
+    """The records ``rank0.json`` ... ``rank<n-1>.json`` that the ranks of
+    a script wrote to ``directory`` (``mpi_scripts/rank_record.py``), in
+    rank order; each must exist, name its rank (and, when it has one, the
+    world size ``n``), and no other rank may have written one. ``output``
+    (the run's stdout) goes into the failure messages."""
+    names = sorted(f for f in os.listdir(str(directory))
+                   if f.startswith('rank') and f.endswith('.json'))
+    assert names == sorted('rank{}.json'.format(r) for r in range(n)), (
+        names, output)
+    records = []
+    for rank in range(n):
+        with open(os.path.join(str(directory),
+                               'rank{}.json'.format(rank))) as f:
+            records.append(json.load(f))
+    assert [r['rank'] for r in records] == list(range(n)), output
+    assert all(r['size'] == n for r in records), output
+    return records
+
+
+def run_mpi_records(n, script, out, *args, timeout=120):
+    """:func:`run_mpi` with ``--out OUT`` (a directory, made if missing)
+    appended: the run must succeed, and every rank must have written its
+    record there. Returns the records, one per rank in rank order."""
+    out = str(out)
+    os.makedirs(out, exist_ok=True)
+    result = run_mpi(n, script, *args, '--out', out, timeout=timeout)
+    assert result.returncode == 0, result.stdout
+    return read_rank_records(out, n, result.stdout)

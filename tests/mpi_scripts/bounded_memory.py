@@ -1,9 +1,12 @@
-"""A 200-step stale run keeps a bounded number of packing plans and buffer bytes.
+"""A 200-step stale run keeps a bounded number of packing plans and buffer
+bytes.
 
-Usage: bounded_memory.py STEPS COMM_DTYPE CAP. The plan cache is lowered to
-CAP so that eviction happens in a small model. Fresh random batches make the set
-of due statistics change from step to step (so the arrays of a collective
-change too); the overlap option adds a second collective. Prints
+Usage: bounded_memory.py STEPS COMM_DTYPE CAP [--out OUT]. The plan cache is
+lowered to CAP so that eviction happens in a small model. Fresh random
+batches make the set of due statistics change from step to step (so the
+arrays of a collective change too); the overlap option adds a second
+collective. Each rank writes its counts (and the largest seen over the run)
+to OUT/rank<r>.json (rank_record.py) and prints
 'OK rank R plans P (cap C) distinct-lists D buffer-bytes B'.
 """
 import sys
@@ -14,6 +17,7 @@ import chainer.functions as F
 import chainer.links as L
 import numpy
 
+import rank_record
 from chainerkfac.communicators import base
 
 
@@ -37,8 +41,9 @@ def buffer_bytes(comm):
 
 
 def main():
-    steps, comm_dtype = int(sys.argv[1]), sys.argv[2]
-    base.MAX_PLANS, base.PLANS_PER_RANK = int(sys.argv[3]), 1
+    argv, out = rank_record.split_out(sys.argv[1:])
+    steps, comm_dtype = int(argv[0]), argv[1]
+    base.MAX_PLANS, base.PLANS_PER_RANK = int(argv[2]), 1
     comm = chainerkfac.create_communicator('mpi')
     numpy.random.seed(0)
     model = Net()
@@ -50,6 +55,7 @@ def main():
     rng = numpy.random.RandomState(comm.rank)
     cap = max(base.MAX_PLANS, base.PLANS_PER_RANK * comm.size)
     seen_lists, first_bytes = set(), None
+    most_plans = most_bytes = 0
     for step in range(steps):
         x = rng.randn(8, 1, 6, 6).astype(numpy.float32)
         t = rng.randint(0, 3, 8).astype(numpy.int32)
@@ -59,9 +65,17 @@ def main():
             first_bytes = buffer_bytes(comm)
         assert len(comm._plans) <= cap, (step, len(comm._plans), cap)
         assert buffer_bytes(comm) <= first_bytes, (step, buffer_bytes(comm))
+        most_plans = max(most_plans, len(comm._plans))
+        most_bytes = max(most_bytes, buffer_bytes(comm))
     # the schedule varied the collectives' arrays beyond the cap: plans were
     # evicted and rebuilt, and the run went on
     assert len(seen_lists) > cap, (len(seen_lists), cap)
+    rank_record.write(out, comm, steps=steps, comm_dtype=comm_dtype,
+                      plans=len(comm._plans), cap=cap,
+                      most_plans=most_plans, distinct_lists=len(seen_lists),
+                      first_buffer_bytes=first_bytes,
+                      most_buffer_bytes=most_bytes,
+                      buffer_bytes=buffer_bytes(comm))
     print('OK rank {} plans {} (cap {}) distinct-lists {} buffer-bytes {}'
           .format(comm.rank, len(comm._plans), cap, len(seen_lists),
                   buffer_bytes(comm)))

@@ -1,9 +1,16 @@
-"""The communicator's collectives against brute-force NumPy, under mpiexec."""
+"""The communicator's collectives against brute-force NumPy, under mpiexec.
+
+Usage: collectives.py [--out OUT]. Each rank writes to OUT/rank<r>.json
+(rank_record.py) the checks it passed, in order, and what it measured.
+"""
+import sys
+
 import chainer.links as L
 import chainermn
 import numpy
 
 import chainerkfac
+import rank_record
 
 
 def rank_arrays(seed, shapes):
@@ -17,10 +24,12 @@ def rank_arrays(seed, shapes):
 
 
 def main():
+    _, out = rank_record.split_out(sys.argv[1:])
     comm = chainerkfac.create_communicator('mpi')
     rank, size = comm.rank, comm.size
     assert isinstance(comm, chainermn.communicators.mpi_communicator_base
                       .MpiCommunicatorBase)
+    checks, sent = [], {}
     # segment r: r+1 arrays of mixed shapes; the last rank owns nothing
     shapes = [[((d, d), True) if i % 2 == 0 else ((d, 2), False)
                for i, d in enumerate(range(3, 3 + r + 1))]
@@ -44,9 +53,15 @@ def main():
                 counts = [sum(d * (d + 1) // 2 if sym else d * 2
                               for (d, _), sym in seg) for seg in shapes]
                 assert comm.bytes_sent == 4 * (sum(counts) - counts[rank])
+                sent['blocking' if blocking else 'started'] = dict(
+                    bytes_sent=comm.bytes_sent,
+                    planned=4 * (sum(counts) - counts[rank]))
+            checks.append('reduce_scatter_v {} {}'.format(
+                dtype, 'blocking' if blocking else 'started'))
 
     # all_gather_v: every rank receives every rank's arrays
-    own = [a for a, _ in rank_arrays(7 + rank, [((4, 3), False), ((5,), False)])]
+    own = [a for a, _ in rank_arrays(7 + rank, [((4, 3), False),
+                                                 ((5,), False)])]
     per_rank = [own if r == rank else
                 [numpy.empty((4, 3), 'f'), numpy.empty((5,), 'f')]
                 for r in range(size)]
@@ -58,22 +73,27 @@ def main():
             for g, e in zip(got[r], want):
                 numpy.testing.assert_allclose(g, e, rtol=tol,
                                               atol=tol * abs(e).max())
+        checks.append('all_gather_v ' + dtype)
 
     # allreduce_mean and ChainerMN's multi_node_mean_grad / bcast_data
     x = numpy.full((3,), rank, numpy.float32)
     numpy.testing.assert_allclose(comm.allreduce_mean([x])[0],
                                   numpy.full(3, (size - 1) / 2))
+    checks.append('allreduce_mean')
     link = L.Linear(3, 2)
     link.W.grad = numpy.full((2, 3), rank, numpy.float32)
     link.b.grad = numpy.full((2,), 2 * rank, numpy.float32)
     comm.multi_node_mean_grad(link)
     numpy.testing.assert_allclose(link.W.grad, (size - 1) / 2)
     numpy.testing.assert_allclose(link.b.grad, size - 1)
+    checks.append('multi_node_mean_grad')
     link.W.array[...] = rank
     comm.bcast_data(link)
     numpy.testing.assert_array_equal(link.W.array, 0)
+    checks.append('bcast_data')
     data = chainermn.scatter_dataset(list(range(10)), comm)
     assert len(data) in (10 // size, 10 // size + 1)
+    checks.append('scatter_dataset')
     # ChainerMN's multi-node evaluator averages the ranks' results
     import chainer
     from chainer.training import extensions
@@ -92,10 +112,15 @@ def main():
     with reporter:
         result = evaluator.evaluate()
     assert result['main/accuracy'] == 0.5, result  # mean over all ranks
+    checks.append('multi_node_evaluator')
     # buffers are reused across steps
     buffers = dict(comm._buffers)
     comm.reduce_scatter_v(inputs[rank], 'float32')
     assert all(comm._buffers[k] is v for k, v in buffers.items())
+    checks.append('buffers reused')
+    rank_record.write(out, comm, checks=checks, reduce_scatter_bytes=sent,
+                      scattered=list(data),
+                      evaluator_accuracy=result['main/accuracy'])
     print('OK rank {}'.format(rank))
 
 

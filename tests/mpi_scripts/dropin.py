@@ -1,11 +1,9 @@
 """What drop-in users do, under mpiexec, against one process on the global
-batch (each rank writes OUT/rank<r>.json: its checks and its parameters'
-largest difference from the one-process run).
+batch (each rank writes OUT/rank<r>.json, rank_record.py: its checks and its
+parameters' largest difference from the one-process run).
 
-    dropin.py MODE OUT     MODE: clipping, skip_all, indices
+    dropin.py MODE --out OUT     MODE: clipping, skip_all, indices
 """
-import json
-import os
 import sys
 
 import chainerkfac  # NOQA: I100 (first: makes Chainer importable on NumPy 2)
@@ -14,6 +12,7 @@ import numpy
 from chainer import optimizer_hooks
 
 import nets
+import rank_record
 
 STEPS = 6
 KWARGS = dict(lr=0.05, momentum=0.9, damping=1e-2, cov_ema_decay=0.5,
@@ -43,7 +42,8 @@ def run(opt, model, data, slicer, skip_every=0):
 
 
 def main():
-    mode, out = sys.argv[1], sys.argv[2]
+    argv, out = rank_record.split_out(sys.argv[1:])
+    mode = argv[0]
     comm = chainerkfac.create_communicator('mpi')
     rank, size = comm.rank, comm.size
     rng = numpy.random.RandomState(3)
@@ -78,8 +78,7 @@ def main():
                                   sorted(ref.namedparams())))
     record['next_due_equal'] = opt.schedule.next_due == \
         ref_opt.schedule.next_due
-    with open(os.path.join(out, 'rank{}.json'.format(rank)), 'w') as f:
-        json.dump(record, f)
+    rank_record.write(out, comm, **record)
 
 
 if __name__ == '__main__':

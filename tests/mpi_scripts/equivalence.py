@@ -1,6 +1,8 @@
 """DistributedKFAC under mpiexec against single-process KFAC.
 
-Usage: equivalence.py SCENARIO   (see SCENARIOS). Prints 'OK rank R' per rank.
+Usage: equivalence.py SCENARIO [--out OUT]   (see SCENARIOS). Each rank
+writes its record to OUT/rank<r>.json (rank_record.py: the blocks it owns,
+its traffic, the largest error against KFAC) and prints 'OK rank R'.
 """
 import sys
 
@@ -13,6 +15,8 @@ import numpy
 from chainerkfac.optimizers import DistributedKFAC
 from chainerkfac.optimizers import KFAC
 from chainerkfac.optimizers.distributed_kfac import named_persistents
+
+import rank_record
 
 STEPS = 3
 KWARGS = dict(lr=0.2, momentum=0.9, damping=1e-2, cov_ema_decay=0.5,
@@ -74,7 +78,8 @@ def batches(model_cls, n_global, seed=1):
 
 
 def main():
-    name = sys.argv[1]
+    argv, out = rank_record.split_out(sys.argv[1:])
+    name = argv[0]
     model_cls, use_bn, same_batch, dist_kwargs, rtol = SCENARIOS[name]
     comm = chainerkfac.create_communicator('mpi')
     rank, size = comm.rank, comm.size
@@ -123,11 +128,20 @@ def main():
         # rtol relative to each parameter's largest entry: fp32 round-off
         # of differently ordered sums is ~1e-7 of the scale, not of each entry
         numpy.testing.assert_allclose(q.array, p.array, rtol=rtol,
-                                      atol=rtol * abs(p.array).max(), err_msg=k)
+                                      atol=rtol * abs(p.array).max(),
+                                      err_msg=k)
     if use_bn:
         numpy.testing.assert_allclose(model.bn.avg_mean, ref.bn.avg_mean,
                                       rtol=1e-5)
     owned = [b.name for b in opt.owned_blocks]
+    rank_record.write(
+        out, comm, scenario=name, steps=opt.t, owned=owned,
+        blocks=[b.name for b in opt.fisher_blocks],
+        bytes_sent=comm.bytes_sent, bytes_received=comm.bytes_received,
+        max_error=worst, rtol=rtol,
+        checks=['same parameters and persistents on every rank',
+                'parameters equal KFAC within rtol']
+        + (['BN running mean equals KFAC'] if use_bn else []))
     print('OK rank {} owns {} sent {} received {} max-error {:.2e}'.format(
         rank, owned, comm.bytes_sent, comm.bytes_received, worst))
 

@@ -1,11 +1,13 @@
 """40 stale steps of DistributedKFAC against KFAC, past the warm-up.
 
-Usage: long_run.py STEPS. Each rank takes its slice of one fixed global
-batch, repeated every step: the statistics settle, so the stale schedule
-lengthens intervals (a meaningful comparison; fresh random batches at a large
-learning rate are chaotic and amplify round-off). Checks, on every rank:
-parameters within 1e-5 (of each parameter's scale) of single-process KFAC on
-the whole batch, and the refresh schedule identical to KFAC's. Prints
+Usage: long_run.py STEPS [--out OUT]. Each rank takes its slice of one fixed
+global batch, repeated every step: the statistics settle, so the stale
+schedule lengthens intervals (a meaningful comparison; fresh random batches
+at a large learning rate are chaotic and amplify round-off). Checks, on
+every rank: parameters within 1e-5 (of each parameter's scale) of
+single-process KFAC on the whole batch, and the refresh schedule identical
+to KFAC's. Each rank writes its schedule, mean interval and largest error to
+OUT/rank<r>.json (rank_record.py) and prints
 'OK rank R mean-interval I max-error E'.
 """
 import sys
@@ -15,6 +17,8 @@ import chainer
 import chainer.functions as F
 import chainer.links as L
 import numpy
+
+import rank_record
 
 GLOBAL_BATCH = 12  # divisible by 1, 2, 3, 4 ranks
 KWARGS = dict(lr=0.05, momentum=0.9, damping=1e-2, cov_ema_decay=0.5,
@@ -35,7 +39,8 @@ class Net(chainer.Chain):
 
 
 def main():
-    steps = int(sys.argv[1])
+    argv, out = rank_record.split_out(sys.argv[1:])
+    steps = int(argv[0])
     comm = chainerkfac.create_communicator('mpi')
     rng = numpy.random.RandomState(0)
     x = rng.randn(GLOBAL_BATCH, 2, 6, 6).astype(numpy.float32)
@@ -68,6 +73,11 @@ def main():
         worst = max(worst, float(abs(p.array - q.array).max()) / scale)
         numpy.testing.assert_allclose(p.array, q.array, rtol=1e-5,
                                       atol=1e-5 * scale, err_msg=name)
+    rank_record.write(out, comm, steps=opt.t, mean_interval=mean_interval,
+                      max_error=worst, interval=opt.schedule.interval,
+                      next_due=opt.schedule.next_due,
+                      kfac_interval=ref_opt.schedule.interval,
+                      kfac_next_due=ref_opt.schedule.next_due)
     print('OK rank {} mean-interval {:.2f} max-error {:.1e}'.format(
         comm.rank, mean_interval, worst))
 

@@ -1,9 +1,16 @@
 """Stale schedules are identical on every rank and equal single-process KFAC,
 also through a loss spike (the loss, averaged over ranks in stage 2, calls
-every statistic early on its owner; stage 4 tells every rank)."""
+every statistic early on its owner; stage 4 tells every rank).
+
+Usage: stale_schedule.py [--out OUT]. Each rank writes its schedule and its
+largest error against KFAC to OUT/rank<r>.json (rank_record.py).
+"""
+import sys
+
 import numpy
 
 import chainerkfac
+import rank_record
 from chainerkfac.optimizers import KFAC
 from equivalence import ConvNet
 
@@ -14,6 +21,7 @@ KWARGS = dict(lr=0.02, damping=1e-2, cov_ema_decay=0.3, stale_warmup=2,
 
 
 def main():
+    _, out = rank_record.split_out(sys.argv[1:])
     comm = chainerkfac.create_communicator('mpi')
     rank, size = comm.rank, comm.size
     rng = numpy.random.RandomState(5)
@@ -53,11 +61,18 @@ def main():
         ref_opt.update(scaled(ref), x, t)
     assert ref_opt.schedule.next_due == mine[0], (ref_opt.schedule.next_due,
                                                   mine[0])
+    worst = 0.0
     for (k, p), (_, q) in zip(sorted(ref.namedparams()),
                               sorted(model.namedparams())):
+        worst = max(worst, float(abs(q.array - p.array).max()
+                                 / abs(p.array).max()))
         numpy.testing.assert_allclose(q.array, p.array, rtol=1e-4,
                                       atol=1e-4 * abs(p.array).max(),
                                       err_msg=k)
+    rank_record.write(out, comm, steps=STEPS, stale_before=stale_before,
+                      next_due=mine[0], interval=mine[1],
+                      kfac_next_due=ref_opt.schedule.next_due,
+                      max_error=worst)
     print('OK rank {} intervals {}'.format(rank, sorted(mine[1].values())))
 
 

@@ -1,15 +1,21 @@
-"""The communicator's byte counters equal the planned traffic of a step."""
+"""The communicator's byte counters equal the planned traffic of a step.
+
+Usage: traffic.py COMM_DTYPE [--out OUT]. Each rank writes its counter and
+the plan to OUT/rank<r>.json (rank_record.py).
+"""
 import sys
 
 import numpy
 
 import chainerkfac
+import rank_record
 from chainerkfac.optimizers.traffic import planned_step_traffic
 from equivalence import ConvNet
 
 
 def main():
-    comm_dtype = sys.argv[1]
+    argv, out = rank_record.split_out(sys.argv[1:])
+    comm_dtype = argv[0]
     comm = chainerkfac.create_communicator('mpi')
     numpy.random.seed(0)
     model = ConvNet(use_bn=True)
@@ -25,6 +31,8 @@ def main():
     plan = planned_step_traffic(ConvNet(use_bn=True), comm.size, comm_dtype)
     assert comm.bytes_sent == plan['ours'][comm.rank], (
         comm.bytes_sent, plan['ours'])
+    rank_record.write(out, comm, comm_dtype=comm_dtype,
+                      bytes_sent=comm.bytes_sent, planned=plan['ours'])
     print('OK rank {}'.format(comm.rank))
 
 
