@@ -2,37 +2,43 @@
 M (mpi_scripts/checkpoint_resume.py): every block's momentum and curvature
 on its new owner, equal to what its old owner saved; the shared state on
 every rank; the next steps continue the uninterrupted run. And what used to
-lose state silently (mpi_scripts/snapshot_safety.py, each rank's record in a
-JSON file): one rank's file loaded on every rank, and the iterator state of
-a sharded snapshot taken with the defaults."""
-import json
-import os
-
+lose state silently (mpi_scripts/snapshot_safety.py): one rank's file loaded
+on every rank, and the iterator state of a sharded snapshot taken with the
+defaults. Each rank of both scripts writes its record to a JSON file; the
+tests assert on every rank's."""
 import pytest
 
+from mpi_helpers import read_rank_records
 from mpi_helpers import run_mpi
+from mpi_helpers import run_mpi_records
 
 
 @pytest.mark.parametrize('saved, resumed', [(2, 3), (3, 1)])
 def test_resume_on_another_process_count(tmp_path, saved, resumed):
     directory = str(tmp_path / 'snapshot')
-    result = run_mpi(saved, 'checkpoint_resume.py', 'save', directory)
-    assert result.returncode == 0, result.stdout
-    assert result.stdout.count('OK rank') == saved, result.stdout
-    result = run_mpi(resumed, 'checkpoint_resume.py', 'load', directory)
-    assert result.returncode == 0, result.stdout
-    assert result.stdout.count('(snapshot of {} processes)'.format(
-        saved)) == resumed, result.stdout
+    records = run_mpi_records(saved, 'checkpoint_resume.py',
+                              tmp_path / 'save', 'save', directory)
+    blocks = records[0]['blocks']
+    for record in records:
+        # snapshot at step 5, then the 3 more steps the load is compared to
+        assert record['steps'] == 8 and record['blocks'] == blocks, record
+    assert sorted(n for r in records for n in r['owned']) == sorted(blocks)
+    records = run_mpi_records(resumed, 'checkpoint_resume.py',
+                              tmp_path / 'load', 'load', directory)
+    for record in records:
+        assert record['snapshot_size'] == saved, record
+        assert record['iteration'] == 5 and record['steps'] == 8, record
+        assert record['blocks'] == blocks and record['shared_keys'] > 0
+        # assert_allclose(rtol=1e-5, atol=1e-5 * scale): <= 2e-5 of scale
+        assert record['max_error'] <= 2e-5, record
+    # every block checked once, on its new owner
+    assert sorted(n for r in records for n in r['checked']) == \
+        sorted(blocks)
 
 
 def rank_records(directory, n):
     """What each rank of mpi_scripts/snapshot_safety.py wrote."""
-    records = []
-    for rank in range(n):
-        with open(os.path.join(directory, 'rank{}.json'.format(rank))) as f:
-            records.append(json.load(f))
-    assert [r['rank'] for r in records] == list(range(n))
-    return records
+    return read_rank_records(directory, n)
 
 
 def test_one_rank_file_loaded_on_every_rank_is_refused(tmp_path):

@@ -1,21 +1,41 @@
 """'pure_nccl' through the MPI emulation of NCCL under mpiexec (2 and 3 CPU
 processes) against 'mpi': the collectives and a 40-step stale DistributedKFAC
 run, both mappings, fp32 and fp16, bit for bit
-(tests/mpi_scripts/nccl_equivalence.py)."""
-import re
-
+(tests/mpi_scripts/nccl_equivalence.py, each rank's record in a JSON
+file)."""
 import pytest
 
 from mpi_helpers import run_mpi
+from mpi_helpers import run_mpi_records
+
+# nccl_equivalence.py's training runs: (mapping, comm_dtype, overlap)
+CONFIGS = [['grouped', 'float32', True], ['padded', 'float32', False],
+           ['grouped', 'float16', False], ['padded', 'float16', True]]
 
 
 @pytest.mark.parametrize('n', [2, 3])
-def test_pure_nccl_equals_mpi_bit_for_bit(n):
-    result = run_mpi(n, 'nccl_equivalence.py', timeout=180)
-    assert result.returncode == 0, result.stdout
-    ranks = set(re.findall(r'OK rank (\d+) of', result.stdout))
-    assert ranks == set(str(r) for r in range(n)), result.stdout
-    assert result.stdout.count('training 40 steps bit-identical') == n
+def test_pure_nccl_equals_mpi_bit_for_bit(tmp_path, n):
+    records = run_mpi_records(n, 'nccl_equivalence.py', tmp_path,
+                              timeout=180)
+    for record in records:
+        assert record['phases'] == ['collectives', 'training'], record
+        started = record['collectives']['started']
+        assert started['grouped'].get('Ireduce_scatter (fused reduces)')
+        assert 'Ireduce' not in started['grouped'], started
+        assert started['padded'].get('Ireduce_scatter'), started
+        assert started['padded'].get('Iallgather'), started
+        assert started['grouped'].get('Ibcast'), started
+        configs = record['training']['configs']
+        assert [[c['mapping'], c['comm_dtype'], c['overlap']]
+                for c in configs] == CONFIGS, configs
+        for c in configs:   # 40 steps, bit-identical at every 10th
+            assert c['steps'] == 40, c
+            assert c['bit_identical_at'] == [10, 20, 30, 40], c
+            assert c['max_interval'] > 1, c   # the run went stale
+            if c['mapping'] == 'grouped':
+                assert c['nccl_bytes'] == c['mpi_bytes'], c
+            else:
+                assert c['nccl_bytes'][0] >= c['mpi_bytes'][0], c
 
 
 COMM_VOLUME = '../../benchmarks/comm_volume.py'

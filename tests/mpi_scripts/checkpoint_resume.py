@@ -1,7 +1,7 @@
 """Sharded snapshot written on N processes, resumed on M (any N, M).
 
-    checkpoint_resume.py save DIR    (on N processes)
-    checkpoint_resume.py load DIR    (on M processes, after save)
+    checkpoint_resume.py save DIR [--out OUT]   (on N processes)
+    checkpoint_resume.py load DIR [--out OUT]   (on M processes, after save)
 
 ``save`` takes STEPS steps of DistributedKFAC, saves a sharded snapshot, and
 writes, independently of the snapshot code, what each rank holds: its owned
@@ -12,7 +12,9 @@ and checks that every block's momentum and curvature are on its new owner,
 equal to what its old owner held, and nowhere else; that the shared state is
 everywhere; then takes the MORE steps (same batches: every rank sees the
 whole batch, so the result does not depend on the process count) and
-compares the parameters with the uninterrupted run. Prints 'OK rank R'.
+compares the parameters with the uninterrupted run. Each rank writes what
+it owned or checked to OUT/rank<r>.json (rank_record.py) and prints
+'OK rank R'.
 """
 import os
 import sys
@@ -26,6 +28,8 @@ import numpy
 from chainerkfac.optimizers import DistributedKFAC
 from chainerkfac.optimizers.distributed_kfac import named_persistents
 from chainerkfac.training import checkpoint
+
+import rank_record
 
 STEPS, MORE = 5, 3
 # Every rank trains on the whole batch, so a P-process run sees P copies of
@@ -114,7 +118,7 @@ def shared_state(model, opt):
     return out
 
 
-def save(comm, directory):
+def save(comm, directory, out):
     model, opt = setup(comm, 100)
     data = batches()
     for x, t in data[:STEPS]:
@@ -133,11 +137,13 @@ def save(comm, directory):
     if comm.rank == 0:
         numpy.savez(os.path.join(ref, 'final.npz'),
                     **{k: p.array for k, p in model.namedparams()})
-    print('OK rank {} owns {}'.format(
-        comm.rank, [b.name for b in opt.owned_blocks]))
+    owned = [b.name for b in opt.owned_blocks]
+    rank_record.write(out, comm, steps=opt.t, owned=owned,
+                      blocks=[b.name for b in opt.fisher_blocks])
+    print('OK rank {} owns {}'.format(comm.rank, owned))
 
 
-def load(comm, directory):
+def load(comm, directory, out):
     rank, size = comm.rank, comm.size
     model, opt = setup(comm, 7 + rank)   # other weights: the load sets them
     info = checkpoint.load(directory, State(model, opt), opt, comm,
@@ -193,20 +199,28 @@ def load(comm, directory):
             assert [b.name for b in opt.owned_blocks] == checked, (
                 [b.name for b in opt.owned_blocks], checked)
     assert opt.t == STEPS + MORE
+    worst = 0.0
     with numpy.load(os.path.join(ref, 'final.npz')) as f:
         for k, p in model.namedparams():
             scale = float(abs(f[k]).max())
+            worst = max(worst, float(abs(p.array - f[k]).max()) / scale)
             numpy.testing.assert_allclose(p.array, f[k], rtol=1e-5,
                                           atol=1e-5 * scale, err_msg=k)
+    rank_record.write(out, comm, iteration=info.iteration,
+                      snapshot_size=old_size, checked=checked,
+                      blocks=[b.name for b in opt.fisher_blocks],
+                      shared_keys=len(expected), steps=opt.t,
+                      max_error=worst)
     print('OK rank {} of {} (snapshot of {} processes) checked {}'.format(
         rank, size, old_size, checked))
 
 
 def main():
-    mode, directory = sys.argv[1], sys.argv[2]
+    argv, out = rank_record.split_out(sys.argv[1:])
+    mode, directory = argv[0], argv[1]
     comm = chainerkfac.create_communicator('mpi')
     try:
-        {'save': save, 'load': load}[mode](comm, directory)
+        {'save': save, 'load': load}[mode](comm, directory, out)
     except checkpoint.CheckpointError as e:
         if comm.rank == 0:
             print('CheckpointError: {}'.format(e), flush=True)

@@ -1,7 +1,8 @@
 """'pure_nccl' over the MPI emulation of NCCL against 'mpi', under mpiexec.
 
-Usage: nccl_equivalence.py [collectives] [training]  (default: both).
-Prints 'OK rank R ...' per rank.
+Usage: nccl_equivalence.py [collectives] [training] [--out OUT]  (default:
+both). Each rank writes what each phase checked to OUT/rank<r>.json
+(rank_record.py) and prints 'OK rank R ...'.
 
 collectives: every collective of PureNcclCommunicator (both mappings, fp32
     and fp16, blocking and on the side stream) equals 'mpi''s bit for bit
@@ -20,6 +21,7 @@ import chainer.links as L
 import numpy
 
 import chainerkfac
+import rank_record
 from chainerkfac.communicators import nccl_mapping
 from chainerkfac.communicators.base import ring_all_gather
 from chainerkfac.communicators.base import ring_reduce_scatter
@@ -149,7 +151,7 @@ def collectives(mpi, rank, size):
     assert started['padded'].get('Ireduce_scatter'), started
     assert started['padded'].get('Iallgather'), started
     assert started['grouped'].get('Ibcast'), started
-    return 'collectives'
+    return 'collectives', dict(started=started)
 
 
 def state(model, opt):
@@ -164,7 +166,7 @@ def training(mpi, rank, size):
     data = [(rng.randn(local * size, 2, 6, 6).astype(numpy.float32),
              rng.randint(0, 3, local * size).astype(numpy.int32))
             for _ in range(STEPS)]
-    report = []
+    report, configs = [], []
     for mapping, dtype, overlap in CONFIGS:
         nccl = chainerkfac.create_communicator(
             'pure_nccl', nccl_backend='mpi_emulation', mapping=mapping,
@@ -180,6 +182,7 @@ def training(mpi, rank, size):
             opt.setup(model)
             runs.append((comm, model, opt))
         what = '{} {} overlap={}'.format(mapping, dtype, overlap)
+        compared = []
         for step, (x, t) in enumerate(data, 1):
             xs = x[rank * local:(rank + 1) * local]
             ts = t[rank * local:(rank + 1) * local]
@@ -192,6 +195,7 @@ def training(mpi, rank, size):
                         pb[k], pa[k], err_msg='{} step {}: {}'.format(
                             what, step, k))
                 assert sa == sb, (what, step, sa, sb)
+                compared.append(step)
         schedule = runs[0][2].schedule
         assert max(schedule.interval.values()) > 1, schedule.interval
         if mapping == 'grouped':
@@ -202,17 +206,27 @@ def training(mpi, rank, size):
         report.append('{} {}{} sent {}/{}'.format(
             mapping, dtype, '+overlap' if overlap else '', nccl.bytes_sent,
             mpi.bytes_sent))
-    return 'training 40 steps bit-identical: ' + '; '.join(report)
+        configs.append(dict(
+            mapping=mapping, comm_dtype=dtype, overlap=overlap,
+            steps=runs[1][2].t, bit_identical_at=compared,
+            max_interval=max(schedule.interval.values()),
+            nccl_bytes=[nccl.bytes_sent, nccl.bytes_received],
+            mpi_bytes=[mpi.bytes_sent, mpi.bytes_received]))
+    return ('training {} steps bit-identical: '.format(STEPS)
+            + '; '.join(report), dict(configs=configs))
 
 
 def main():
     warnings.filterwarnings('ignore', message='chainerkfac: no Fisher block')
-    phases = sys.argv[1:] or ['collectives', 'training']
+    phases, out = rank_record.split_out(sys.argv[1:])
+    phases = phases or ['collectives', 'training']
     mpi = chainerkfac.create_communicator('mpi')
     done = [{'collectives': collectives, 'training': training}[p](
         mpi, mpi.rank, mpi.size) for p in phases]
-    sys.stdout.write('OK rank {} of {}: {}\n'.format(mpi.rank, mpi.size,
-                                                     ' | '.join(done)))
+    rank_record.write(out, mpi, phases=phases,
+                      **{p: checked for p, (_, checked) in zip(phases, done)})
+    sys.stdout.write('OK rank {} of {}: {}\n'.format(
+        mpi.rank, mpi.size, ' | '.join(line for line, _ in done)))
     sys.stdout.flush()
 
 

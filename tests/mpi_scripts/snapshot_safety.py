@@ -3,8 +3,8 @@
     snapshot_safety.py one_file DIR     one rank's file loaded on every rank
     snapshot_safety.py iterators DIR    a sharded snapshot with the defaults
 
-Each rank writes what it saw to ``DIR/rank<r>.json`` (the test reads those,
-not stdout).
+Each rank writes what it saw to ``DIR/rank<r>.json`` (``rank_record.py``;
+the test reads those, not stdout).
 
 ``one_file``: 3 steps; rank 0 alone saves the trainer with
 ``chainer.serializers.save_npz`` (ChainerMN's usual rank-0 snapshot, and the
@@ -20,7 +20,6 @@ trainer on every rank ``checkpoint.load``-s the snapshot with the defaults;
 each rank records its iterator's position and order when saved and after
 the load.
 """
-import json
 import os
 import sys
 
@@ -30,6 +29,7 @@ import numpy
 from chainer import training
 
 import nets
+import rank_record
 from chainerkfac.optimizers import DistributedKFAC
 from chainerkfac.training import checkpoint
 
@@ -120,10 +120,7 @@ def main():
     comm = chainerkfac.create_communicator('mpi')
     record = {'one_file': one_file, 'iterators': iterators}[mode](
         comm, directory)
-    record['rank'] = comm.rank
-    with open(os.path.join(directory, 'rank{}.json'.format(comm.rank)),
-              'w') as f:
-        json.dump(record, f)
+    rank_record.write(directory, comm, **record)
 
 
 if __name__ == '__main__':
