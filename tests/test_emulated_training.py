@@ -16,7 +16,7 @@ import pytest
 
 from chainerkfac import cuda
 from chainerkfac.optimizers import KFAC
-from mpi_helpers import run_mpi
+from mpi_helpers import run_mpi_records
 
 
 def train(bn_fisher, dtype, steps=4):
@@ -48,17 +48,19 @@ def test_single_process_training_is_bit_identical(bn_fisher):
         numpy.testing.assert_array_equal(a, b)
 
 
-def digests(n, monkeypatch, emulate, *args):
+def digests(n, monkeypatch, tmp_path, emulate, *args):
     if emulate:
         monkeypatch.setenv('CHAINERKFAC_EMULATE_KERNELS', '1')
     else:
         monkeypatch.delenv('CHAINERKFAC_EMULATE_KERNELS', raising=False)
-    result = run_mpi(n, 'parameter_digest.py', *args, timeout=180)
-    assert result.returncode == 0, result.stdout
-    found = dict(re.findall(r'DIGEST rank (\d+) ([0-9a-f]{64})', result.stdout))
-    assert sorted(found) == [str(r) for r in range(n)], result.stdout
-    assert len(set(found.values())) == 1, result.stdout  # ranks agree
-    return found['0']
+    records = run_mpi_records(n, 'parameter_digest.py',
+                              tmp_path / ('emulated' if emulate else 'numpy'),
+                              *args, timeout=180)
+    found = [r['digest'] for r in records]
+    assert all(re.fullmatch('[0-9a-f]{64}', d) for d in found), found
+    assert all(r['steps'] == 5 for r in records), records
+    assert len(set(found)) == 1, found  # ranks agree
+    return found[0]
 
 
 @pytest.mark.parametrize('n, comm_dtype, overlap, bn_fisher', [
@@ -66,8 +68,9 @@ def digests(n, monkeypatch, emulate, *args):
     (2, 'float16', '1', 'unit'),   # scaled fp16 packing, the overlap path
     (3, 'float16', '0', 'diag'),
 ])
-def test_distributed_training_is_bit_identical(monkeypatch, n, comm_dtype,
-                                               overlap, bn_fisher):
+def test_distributed_training_is_bit_identical(monkeypatch, tmp_path, n,
+                                               comm_dtype, overlap,
+                                               bn_fisher):
     args = (comm_dtype, overlap, bn_fisher)
-    assert (digests(n, monkeypatch, True, *args)
-            == digests(n, monkeypatch, False, *args))
+    assert (digests(n, monkeypatch, tmp_path, True, *args)
+            == digests(n, monkeypatch, tmp_path, False, *args))

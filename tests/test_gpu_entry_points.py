@@ -23,6 +23,7 @@ from mpi_helpers import run_command  # NOQA: I100
 from chainerkfac.training import device as device_module  # NOQA: I100
 import chainer  # NOQA: I100
 from mpi_helpers import run_mpi
+from mpi_helpers import run_mpi_records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
@@ -112,18 +113,34 @@ def test_gpu_equivalence_without_a_gpu_is_one_line(monkeypatch):
     assert 'error (rank 0)' in line
 
 
-def test_gpu_equivalence_script_on_cpu():
-    result = run_mpi(2, 'gpu_equivalence.py', '--cpu', timeout=180)
-    assert result.returncode == 0, result.stdout
-    assert result.stdout.count('OK rank') == 2, result.stdout
-    assert result.stdout.count('global_batch max-error') == 2, result.stdout
-    assert result.stdout.count('batch_norm max-error') == 2, result.stdout
+def assert_gpu_equivalence_records(records, gpu):
+    """gpu_equivalence.py's records: both scenarios on every rank, within
+    their rtol of one process on the device (and, on a GPU, of the CPU)."""
+    for record in records:
+        assert record['gpu'] is gpu, record
+        assert (record['device'] == 'CPU') is not gpu, record
+        assert sorted(record['errors']) == ['batch_norm', 'global_batch']
+        for name, errors in record['errors'].items():
+            # [vs one process] (+ [vs the CPU] on a GPU); each checked by
+            # assert_allclose(rtol, atol=rtol * scale): <= 2 rtol of scale
+            assert len(errors) == (2 if gpu else 1), record
+            assert errors[0] <= 2 * record['rtol'][name], record
+            if gpu:
+                assert errors[1] <= 2 * record['cpu_rtol'], record
 
 
-def test_pinned_staging_script_on_cpu():
-    result = run_mpi(2, 'pinned_staging.py', '--cpu', timeout=120)
-    assert result.returncode == 0, result.stdout
-    assert result.stdout.count('OK rank') == 2, result.stdout
+def test_gpu_equivalence_script_on_cpu(tmp_path):
+    records = run_mpi_records(2, 'gpu_equivalence.py', tmp_path, '--cpu',
+                              timeout=180)
+    assert_gpu_equivalence_records(records, gpu=False)
+
+
+def test_pinned_staging_script_on_cpu(tmp_path):
+    records = run_mpi_records(2, 'pinned_staging.py', tmp_path, '--cpu',
+                              timeout=120)
+    for record in records:
+        assert record['gpu'] is False and record['rounds'] == 6, record
+        assert record['mismatches'] == [], record
 
 
 def test_gpu_step_time_cpu_smoke():
@@ -386,21 +403,22 @@ def test_synchronize_is_a_no_op_on_the_cpu():
 
 @pytest.mark.gpu
 @needs_gpu
-def test_gpu_equivalence_two_ranks_one_gpu():
-    result = run_mpi(2, 'gpu_equivalence.py', timeout=300)
-    assert result.returncode == 0, result.stdout
-    assert result.stdout.count('OK rank') == 2, result.stdout
+def test_gpu_equivalence_two_ranks_one_gpu(tmp_path):
+    records = run_mpi_records(2, 'gpu_equivalence.py', tmp_path, timeout=300)
+    assert_gpu_equivalence_records(records, gpu=True)
 
 
 @pytest.mark.gpu
 @needs_gpu
-def test_pinned_staging_two_ranks_one_gpu():
+def test_pinned_staging_two_ranks_one_gpu(tmp_path):
     """Pinned staging's event waits: back-to-back collectives where nothing
     else orders a pinned-buffer write after the previous copy out of it."""
-    result = run_mpi(2, 'pinned_staging.py', timeout=180)
-    assert result.returncode == 0, result.stdout
-    assert result.stdout.count('OK rank') == 2, result.stdout
-    assert 'pinned' in result.stdout, result.stdout
+    records = run_mpi_records(2, 'pinned_staging.py', tmp_path, timeout=180)
+    for record in records:
+        assert record['gpu'] is True and record['rounds'] == 6, record
+        assert record['mismatches'] == [], record
+        assert 'pinned' in record['buffers'], record
+        assert record['event_waits'] > 0, record
 
 
 @pytest.mark.gpu

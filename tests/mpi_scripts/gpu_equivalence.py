@@ -1,7 +1,9 @@
 """DistributedKFAC on a GPU under mpiexec against one process.
 
-Usage: ``mpiexec -n N python gpu_equivalence.py [--cpu]``; prints
-``OK rank R ...`` per rank and exits non-zero on a mismatch.
+Usage: ``mpiexec -n N python gpu_equivalence.py [--cpu] [--out OUT]``;
+each rank writes its device and errors to ``OUT/rank<r>.json``
+(``rank_record.py``) and prints ``OK rank R ...``; a mismatch exits
+non-zero.
 
 Each rank takes GPU ``intra_rank % count``, so two ranks may share one GPU
 (the 'mpi' communicator stages CuPy arrays through host memory). For two
@@ -34,6 +36,7 @@ from chainerkfac.optimizers import KFAC
 from chainerkfac.optimizers.distributed_kfac import named_persistents
 from chainerkfac.training import device as device_module
 
+import rank_record
 from equivalence import batches, ConvNet, KWARGS, STEPS
 
 # name: (use_bn, same batch on every rank, rtol against one process)
@@ -109,8 +112,9 @@ def scenario(name, comm, device):
 
 def main():
     warnings.filterwarnings('ignore', message='chainerkfac: no Fisher block')
+    argv, out = rank_record.split_out(sys.argv[1:])
     comm = chainerkfac.create_communicator('mpi')
-    if '--cpu' in sys.argv[1:]:
+    if '--cpu' in argv:
         device = chainer.get_device('@numpy')
         where = 'CPU'
     else:
@@ -118,11 +122,16 @@ def main():
             'gpu_equivalence.py', comm, allow_shared=True,
             option='GPU run (--cpu runs on the CPU)')
         where = device_module.describe(device)
-    report = []
+    report, errors_of = [], {}
     for name in sorted(SCENARIOS):
-        errors = scenario(name, comm, device)
+        errors = errors_of[name] = scenario(name, comm, device)
         report.append('{} max-error {}'.format(name, '/'.join(
             '{:.2e}'.format(e) for e in errors)))
+    # errors: [vs one process on the device] (+ [vs the CPU] on a GPU)
+    rank_record.write(out, comm, device=where, gpu=device.xp is not numpy,
+                      steps=STEPS, errors=errors_of,
+                      rtol={k: v[2] for k, v in SCENARIOS.items()},
+                      cpu_rtol=CPU_RTOL)
     # one write per line: ranks' output is interleaved by mpiexec
     sys.stdout.write('OK rank {} of {} on {}: {}\n'.format(
         comm.rank, comm.size, where, '; '.join(report)))

@@ -1,7 +1,8 @@
 """A few DistributedKFAC steps; prints each rank's parameter digest.
 
-Usage: parameter_digest.py COMM_DTYPE OVERLAP BN_FISHER
-Prints 'DIGEST rank R <sha256 of every parameter and BN statistic>'. Run
+Usage: parameter_digest.py COMM_DTYPE OVERLAP BN_FISHER [--out OUT]
+Each rank writes its digest (sha256 of every parameter and BN statistic) to
+OUT/rank<r>.json (rank_record.py) and prints 'DIGEST rank R <digest>'. Run
 with and without CHAINERKFAC_EMULATE_KERNELS=1 to compare the emulated CUDA
 kernels with the NumPy references on the optimizer's real argument lists.
 """
@@ -16,6 +17,8 @@ import numpy
 
 from chainerkfac.optimizers import DistributedKFAC
 from chainerkfac.optimizers.distributed_kfac import named_persistents
+
+import rank_record
 
 
 class Net(chainer.Chain):
@@ -33,7 +36,8 @@ class Net(chainer.Chain):
 
 
 def main():
-    comm_dtype, overlap, bn_fisher = sys.argv[1], sys.argv[2] == '1', sys.argv[3]
+    argv, out = rank_record.split_out(sys.argv[1:])
+    comm_dtype, overlap, bn_fisher = argv[0], argv[1] == '1', argv[2]
     comm = chainerkfac.create_communicator('mpi')
     numpy.random.seed(7)
     model = Net()
@@ -51,6 +55,7 @@ def main():
         digest.update(name.encode() + p.array.tobytes())
     for name, v in named_persistents(model):
         digest.update(name.encode() + numpy.asarray(v).tobytes())
+    rank_record.write(out, comm, steps=opt.t, digest=digest.hexdigest())
     print('DIGEST rank {} {}'.format(comm.rank, digest.hexdigest()))
 
 

@@ -1,7 +1,9 @@
 """'mpi' collectives staged through pinned memory, back to back.
 
-Usage: ``mpiexec -n 2 python pinned_staging.py [--cpu]``; prints ``OK rank
-R ...`` per rank and exits 1 on a mismatch.
+Usage: ``mpiexec -n 2 python pinned_staging.py [--cpu] [--out OUT]``; each
+rank writes its rounds, buffers, event waits and mismatches to
+``OUT/rank<r>.json`` (``rank_record.py``), prints ``OK rank R ...`` and
+exits 1 on a mismatch.
 
 The copy of a pinned buffer to the device (``ndarray.set``) is
 asynchronous, so a collective must not write pinned memory before the
@@ -31,6 +33,7 @@ import sys
 import chainerkfac  # NOQA: I100
 import numpy
 
+import rank_record
 from chainerkfac.training import device as device_module
 
 ROUNDS = 6
@@ -38,9 +41,10 @@ N = 1 << 20
 
 
 def main():
+    argv, out = rank_record.split_out(sys.argv[1:])
     comm = chainerkfac.create_communicator('mpi', cuda_aware=False)
     assert comm.size == 2, 'run under mpiexec -n 2'
-    if '--cpu' in sys.argv:
+    if '--cpu' in argv:
         xp, busy_n = numpy, 64
     else:  # pragma: no cover - needs a GPU
         device_module.select_gpu_or_exit('pinned_staging.py', comm,
@@ -97,6 +101,9 @@ def main():
                             or not comm.pending_copies.waits):
         bad.append('no staging through pinned memory: buffers {}, {} event '
                    'waits'.format(kinds, comm.pending_copies.waits))
+    rank_record.write(out, comm, gpu=xp is not numpy, rounds=ROUNDS,
+                      buffers=kinds, event_waits=comm.pending_copies.waits,
+                      mismatches=bad)
     if bad:
         for line in bad:
             print('rank {}: MISMATCH {}'.format(comm.rank, line))
