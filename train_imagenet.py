@@ -1,9 +1,10 @@
 #!/usr/bin/env python
-"""Trains an ImageNet classifier with distributed K-FAC (Osawa et al., CVPR 2019).
+"""Trains an ImageNet classifier with distributed K-FAC (Osawa et al., 2019).
 
     mpiexec -n N python train_imagenet.py TRAIN_LIST VAL_LIST \\
-        --train_root DIR --val_root DIR [--config configs/bs4k_resnet50.json] \\
-        [--arch resnet50] [--batchsize 32] [--acc_iters K] [--epoch E] \\
+        --train_root DIR --val_root DIR \\
+        [--config configs/bs4k_resnet50.json] [--arch resnet50] \\
+        [--batchsize 32] [--acc_iters K] [--epoch E] \\
         [--iterations N] [--out DIR] [--resume SNAPSHOT] [--gpu]
 
 List files hold ``relative/path label`` lines; paths are relative to

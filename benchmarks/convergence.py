@@ -1,63 +1,75 @@
 #!/usr/bin/env python
-"""K-FAC against momentum SGD on Fashion-MNIST across mini-batch sizes (issue 12).
+"""K-FAC against momentum SGD on Fashion-MNIST across mini-batch sizes (issue
+12).
 
-The paper's claims at a scale one CPU can run: at large mini-batches K-FAC needs far
-fewer steps than first-order methods, and keeps its accuracy as the mini-batch grows;
-SP-NGD's stale statistics keep the accuracy while refreshing a fraction of them.
+The paper's claims at a scale one CPU can run: at large mini-batches K-FAC
+needs far fewer steps than first-order methods, and keeps its accuracy as the
+mini-batch grows; SP-NGD's stale statistics keep the accuracy while refreshing
+a fraction of them.
 
-Model: the issue's CNN (conv3x3 1->32 + BN + ReLU + 2x2 max-pool, conv3x3 32->64 + BN +
-ReLU + 2x2 max-pool, FC 3136->128 + ReLU, FC 128->10). It is not among ``models/``, so
-it is defined here (``IssueCNN``), built from Chainer links only.
+Model: the issue's CNN (conv3x3 1->32 + BN + ReLU + 2x2 max-pool, conv3x3
+32->64 + BN + ReLU + 2x2 max-pool, FC 3136->128 + ReLU, FC 128->10). It is not
+among ``models/``, so it is defined here (``IssueCNN``), built from Chainer
+links only.
 
 Protocol, the same for every method and batch size:
 
-- the same epoch budget (``--epochs``) at every batch size; steps = round(epochs x N / B);
-- learning rate: linear warm-up over ``--warmup-epochs`` epochs (at least 2 steps;
-  the quick study: ``--warmup-frac`` of the steps), then cosine decay to 0; momentum 0.9; weight decay 5e-4
-  (``chainer.optimizer_hooks.WeightDecay``; for K-FAC it is added to the gradient
-  before preconditioning, as the package documents);
-- momentum SGD: linear LR scaling, ``lr = lr_ref x B / 512``, ``lr_ref`` swept over
-  ``--sgd-lrs`` (one list for every batch size, or one per batch size);
-- K-FAC: the package's ``chainerkfac.KFAC`` (``bn_fisher='unit'``, ``cov_ema_decay``
-  ``--cov-ema-decay``), lr x damping swept over ``--kfac-lrs`` x ``--kfac-dampings``,
-  no LR scaling with the batch; ``stale=False`` (every statistic every step, CVPR);
+- the same epoch budget (``--epochs``) at every batch size; steps =
+  round(epochs x N / B);
+- learning rate: linear warm-up over ``--warmup-epochs`` epochs (at least 2
+  steps; the quick study: ``--warmup-frac`` of the steps), then cosine decay to
+  0; momentum 0.9; weight decay 5e-4 (``chainer.optimizer_hooks.WeightDecay``;
+  for K-FAC it is added to the gradient before preconditioning, as the package
+  documents);
+- momentum SGD: linear LR scaling, ``lr = lr_ref x B / 512``, ``lr_ref`` swept
+  over ``--sgd-lrs`` (one list for every batch size, or one per batch size);
+- K-FAC: the package's ``chainerkfac.KFAC`` (``bn_fisher='unit'``,
+  ``cov_ema_decay`` ``--cov-ema-decay``), lr x damping swept over
+  ``--kfac-lrs`` x ``--kfac-dampings``, no LR scaling with the batch;
+  ``stale=False`` (every statistic every step, CVPR);
 - stale statistics: one more K-FAC run per batch size with ``stale=True`` (the
-  package's default rule) at the best every-step configuration of that batch size;
-- batches larger than ``--micro-batch`` are split into ``acc_iters`` micro-batches
-  (``KFAC(acc_iters=...)``; SGD sums the micro-batch gradients): the step is the same
-  except that BN normalises each micro-batch with its own statistics;
-- fixed seeds: the same initial weights and the same sample order for every run of a
-  seed; test accuracy on ``--test-limit`` test images about ``--evals`` times a run;
-  wall time is the training time only (evaluation excluded), on a shared machine;
-- ``--workers N`` runs N runs at once, each in a spawned process with one BLAS thread
-  (a Chainer CPU step keeps about one core busy: one BLAS thread is as fast as two
-  here), so wall times are per run, measured beside another run.
+  package's default rule) at the best every-step configuration of that batch
+  size;
+- batches larger than ``--micro-batch`` are split into ``acc_iters``
+  micro-batches (``KFAC(acc_iters=...)``; SGD sums the micro-batch gradients):
+  the step is the same except that BN normalises each micro-batch with its own
+  statistics;
+- fixed seeds: the same initial weights and the same sample order for every run
+  of a seed; test accuracy on ``--test-limit`` test images about ``--evals``
+  times a run; wall time is the training time only (evaluation excluded), on a
+  shared machine;
+- ``--workers N`` runs N runs at once, each in a spawned process with one BLAS
+  thread (a Chainer CPU step keeps about one core busy: one BLAS thread is as
+  fast as two here), so wall times are per run, measured beside another run.
 
-"Best" of a sweep: fewest steps to 90% test accuracy; if no run reached it, fewest to
-88%; then the highest final accuracy.
+"Best" of a sweep: fewest steps to 90% test accuracy; if no run reached it,
+fewest to 88%; then the highest final accuracy.
 
 Every finished run is appended to ``OUT/runs.jsonl`` (and its curve to
-``OUT/curves.csv``) the moment it finishes; a rerun with the same flags skips the runs
-found there (an interrupted run restarts from its first step). After every run the
-summary (``summary.json``, ``summary.csv``, ``report.md``) and the plots (``acc_vs_steps.png``,
-``acc_vs_wall.png``, ``final_vs_batch.png``, ``stale.png``) are rewritten.
+``OUT/curves.csv``) the moment it finishes; a rerun with the same flags skips
+the runs found there (an interrupted run restarts from its first step). After
+every run the summary (``summary.json``, ``summary.csv``, ``report.md``) and
+the plots (``acc_vs_steps.png``, ``acc_vs_wall.png``, ``final_vs_batch.png``,
+``stale.png``) are rewritten.
 
     .venv/bin/python benchmarks/convergence.py --quick   # < 15 min on 2 shared cores
     .venv/bin/python benchmarks/convergence.py           # the study (~2 h here)
 
-The study (no flags): batch sizes 512, 2048, 8192, 32768; all 60,000 training and
-10,000 test images; 6 epochs (703, 176, 44, 11 steps), a 1-epoch warm-up; 15
-evaluations per run; SGD peak lr 0.05 at 512 and 0.1 at 2048 (linear scaling of
-lr_ref 0.05 / 0.025), {0.025, 0.05, 0.1} at 8192 and {0.05, 0.1} at 32768 (linear
-scaling to 0.4 and beyond blew up here); K-FAC lr 0.1, damping 1e-2 (the configuration the issue reports
-for this package); stale runs at 512, 2048 and 8192 (at 32768 all 11 steps but one
-fall in the stale rule's 10 warm-up steps); 2 workers. 14 runs, about two and a half hours on
-this machine's 2 cores.
+The study (no flags): batch sizes 512, 2048, 8192, 32768; all 60,000 training
+and 10,000 test images; 6 epochs (703, 176, 44, 11 steps), a 1-epoch warm-up;
+15 evaluations per run; SGD peak lr 0.05 at 512 and 0.1 at 2048 (linear scaling
+of lr_ref 0.05 / 0.025), {0.025, 0.05, 0.1} at 8192 and {0.05, 0.1} at 32768
+(linear scaling to 0.4 and beyond blew up here); K-FAC lr 0.1, damping 1e-2
+(the configuration the issue reports for this package); stale runs at 512, 2048
+and 8192 (at 32768 all 11 steps but one fall in the stale rule's 10 warm-up
+steps); 2 workers. 14 runs, about two and a half hours on this machine's 2
+cores.
 
-``--quick``: batch sizes 512 and 2048 only, the first 8,192 training images and the
-first 1,000 test images, 3 epochs (48 and 12 steps), SGD lr_ref {0.05, 0.1}, K-FAC (lr
-0.1, damping 1e-2) only. Its accuracies are below the 88/90% targets (1/7 of the data):
-it checks the pipeline and shows the trends, it does not test the targets.
+``--quick``: batch sizes 512 and 2048 only, the first 8,192 training images and
+the first 1,000 test images, 3 epochs (48 and 12 steps), SGD lr_ref {0.05,
+0.1}, K-FAC (lr 0.1, damping 1e-2) only. Its accuracies are below the 88/90%
+targets (1/7 of the data): it checks the pipeline and shows the trends, it does
+not test the targets.
 """
 import argparse
 import concurrent.futures
@@ -93,11 +105,11 @@ METHOD_LABELS = {'sgd': 'momentum SGD', 'kfac': 'K-FAC every step',
                  'kfac_stale': 'K-FAC stale'}
 
 # The study, sized to finish in about two hours on 2 shared CPU cores with
-# ``--workers 2``: 6 epochs of all 60,000 images at every batch size, evaluated on
-# all 10,000 test images. SGD's peak learning rates are 0.05 at 512 and 0.1 at
-# 2048 (linear scaling of lr_ref 0.05 and 0.025), {0.025, 0.05, 0.1} at 8192 and
-# {0.05, 0.1} at 32768: linear scaling beyond 2048 (peak 0.4 at 8192) blew up in
-# the warm-up here (docs/fidelity.md), so the sweep is taken below it.
+# ``--workers 2``: 6 epochs of all 60,000 images at every batch size, evaluated
+# on all 10,000 test images. SGD's peak learning rates are 0.05 at 512 and 0.1
+# at 2048 (linear scaling of lr_ref 0.05 and 0.025), {0.025, 0.05, 0.1} at 8192
+# and {0.05, 0.1} at 32768: linear scaling beyond 2048 (peak 0.4 at 8192) blew
+# up in the warm-up here (docs/fidelity.md), so the sweep is taken below it.
 FULL = dict(batch_sizes='512,2048,8192,32768', epochs=6.0, train_limit=None,
             test_limit=None,
             sgd_lrs='512:0.05;2048:0.025;8192:0.0015625,0.003125,0.00625;'
@@ -111,9 +123,11 @@ QUICK = dict(batch_sizes='512,2048', epochs=3.0, train_limit=8192,
 
 
 class IssueCNN(chainer.Chain):
-    """Issue 12's CNN for 1x28x28 inputs (about 420k parameters, 6 Fisher blocks).
+    """Issue 12's CNN for 1x28x28 inputs (about 420k parameters, 6 Fisher
+    blocks).
 
-    conv3x3(1->32)+BN+ReLU+pool, conv3x3(32->64)+BN+ReLU+pool, FC128+ReLU, FC10.
+    conv3x3(1->32)+BN+ReLU+pool, conv3x3(32->64)+BN+ReLU+pool, FC128+ReLU,
+    FC10.
     """
 
     def __init__(self, n_class=10):
@@ -133,7 +147,8 @@ class IssueCNN(chainer.Chain):
 
 
 def lr_at(step, total, peak, warmup):
-    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at
+    ``total``."""
     if step < warmup:
         return peak * (step + 1) / warmup
     span = max(1, total - warmup)
@@ -285,7 +300,7 @@ def train_run(spec, data, log=print):
     return record
 
 
-# --- records ------------------------------------------------------------------
+# --- records -----------------------------------------------------------------
 
 def load_records(path):
     records = {}
@@ -593,7 +608,7 @@ def plot(out, records, batch_sizes):
     return files
 
 
-# --- the study ------------------------------------------------------------------
+# --- the study ---------------------------------------------------------------
 
 def base_spec(args, method, batch, lr_ref, damping):
     return dict(method=method, batch=batch, lr_ref=lr_ref,
@@ -693,9 +708,10 @@ def parse(argv=None):
 def plan_runs(args, batch_sizes):
     """Every run of the study, in the order they start.
 
-    Largest batch first (the issue's step and wall-time targets), K-FAC before SGD
-    within a batch; a stale run is a ``('stale', batch)`` placeholder, resolved to
-    the best every-step configuration once that batch's K-FAC runs are finished.
+    Largest batch first (the issue's step and wall-time targets), K-FAC before
+    SGD within a batch; a stale run is a ``('stale', batch)`` placeholder,
+    resolved to the best every-step configuration once that batch's K-FAC runs
+    are finished.
     """
     sgd = per_batch_floats(args.sgd_lrs, batch_sizes)
     stale_sizes = (batch_sizes if args.stale_batch_sizes is None else
@@ -733,7 +749,8 @@ def _train_in_worker(spec):
 
 
 class _Inline(object):
-    """The pool interface, running each run in this process when it is asked for."""
+    """The pool interface, running each run in this process when it is asked
+    for."""
 
     def __init__(self, data):
         self.data = data

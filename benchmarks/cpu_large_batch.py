@@ -1,10 +1,11 @@
 #!/usr/bin/env python
 """CPU step time before and after the allocator configuration and the BN patch.
 
-One run, one table: momentum SGD and K-FAC (every step) on ResNet-20 at batch 128
-and on the Fashion-MNIST CNN (``models.small_cnn.DemoCNN``, the example's default)
-at batch 4096, real Fashion-MNIST batches, one process each, with the per-stage
-breakdown, minor page faults and system time per step. Three configurations:
+One run, one table: momentum SGD and K-FAC (every step) on ResNet-20 at batch
+128 and on the Fashion-MNIST CNN (``models.small_cnn.DemoCNN``, the example's
+default) at batch 4096, real Fashion-MNIST batches, one process each, with the
+per-stage breakdown, minor page faults and system time per step. Three
+configurations:
 
 - ``before``: glibc's default allocator, Chainer's float32 BN reductions;
 - ``+alloc``: :func:`chainerkfac.training.allocator.configure_allocator`;
@@ -98,7 +99,8 @@ class MeasuredRunner(step_time.Runner):
 
 
 def child(model_key, steps, bn_modes, batchsize):
-    """One process: every (method, BN mode) interleaved; prints a RESULT line."""
+    """One process: every (method, BN mode) interleaved; prints a RESULT
+    line."""
     import copy
     build = MODELS[model_key][2]
     numpy.random.seed(0)

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Error and speed of the fp16 sum of DistributedKFAC's collectives, 2 to 1,024 ranks.
+"""Error and speed of the fp16 sum of DistributedKFAC's collectives, 2 to 1,024
+ranks.
 
 With ``comm_dtype='float16'`` the ReduceScatterV of stage 2 (and fp16
 all-reduces) sum 16-bit words with a Python MPI op,

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""ResNet-50 step time on one GPU: momentum SGD vs K-FAC every step vs K-FAC stale.
+"""ResNet-50 step time on one GPU: momentum SGD vs K-FAC every step vs K-FAC
+stale.
 
 ImageNet size: 3x224x224 inputs, 1000 classes, mini-batch 32, one process on
 GPU 0; synthetic batches (a few fixed random batches, cycled). The three

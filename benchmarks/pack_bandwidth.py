@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Bandwidth of the one-launch pack kernel vs a device-to-device copy of the same bytes.
+"""Bandwidth of the one-launch pack kernel vs a device-to-device copy of the
+same bytes.
 
 The arrays are ResNet-50's stage-2 arrays (what the ReduceScatterV of a step
 that refreshes everything packs): for every Fisher block, the gradient of each

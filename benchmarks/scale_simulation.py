@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""What each of P ranks builds for ResNet-50, simulated without MPI for P = 8 to 4,096.
+"""What each of P ranks builds for ResNet-50, simulated without MPI for P = 8
+to 4,096.
 
 One process plays one rank ``r`` of ``P`` at a time. It runs the package's
 own code, not a re-implementation:

@@ -1,37 +1,43 @@
 #!/usr/bin/env python
-"""Step time of DistributedKFAC: measured at 1-4 processes, modelled at 8-4,096.
+"""Step time of DistributedKFAC: measured at 1-4 processes, modelled at
+8-4,096.
 
-**Measured.** ``mpiexec -n 1, 2, 4`` runs of ``DistributedKFAC`` (every statistic every
-step, ``stale=False``; fp32 communication) on the issue-12 CNN
-(``convergence.IssueCNN``) with the same per-process batch (weak scaling, as the paper),
-real Fashion-MNIST batches, per-stage times from the package's ``StageTimer``; each
-stage is the maximum over ranks, averaged over the timed steps (the first step is
-untimed). This machine has **2 cores shared with other jobs: 4 processes are
-oversubscribed** (2 per core), so the 4-process times measure contention as much as the
-algorithm; ``OPENBLAS_NUM_THREADS=1`` in every rank.
+**Measured.** ``mpiexec -n 1, 2, 4`` runs of ``DistributedKFAC`` (every
+statistic every step, ``stale=False``; fp32 communication) on the issue-12 CNN
+(``convergence.IssueCNN``) with the same per-process batch (weak scaling, as
+the paper), real Fashion-MNIST batches, per-stage times from the package's
+``StageTimer``; each stage is the maximum over ranks, averaged over the timed
+steps (the first step is untimed). This machine has **2 cores shared with other
+jobs: 4 processes are oversubscribed** (2 per core), so the 4-process times
+measure contention as much as the algorithm; ``OPENBLAS_NUM_THREADS=1`` in
+every rank.
 
-**Modelled.** One step of ResNet-50 (224x224, the configs' 32 images per process) at
-P = 8 ... 4,096 processes, built from the package's real plan:
+**Modelled.** One step of ResNet-50 (224x224, the configs' 32 images per
+process) at P = 8 ... 4,096 processes, built from the package's real plan:
 
-- the Fisher blocks (``fisher_blocks.create_fisher_blocks``, ``bn_fisher`` as the
+- the Fisher blocks (``fisher_blocks.create_fisher_blocks``, ``bn_fisher`` as
+  the
   configs: 'full') and their owners (``assignment.assign_blocks``, 'balanced');
 - each convolution's output size from one real forward pass (a ``LinkHook``);
-- flops per process: forward+backward ``3 x 2 T Cout Cin k^2`` per image (convs and the
-  FC); statistics ``2 b T (d_in^2 + d_out^2)`` for every block on every process (its
-  local batch b); inversion ``d^3`` per damped factor (Cholesky ``d^3/3`` + inverse
-  ``2 d^3/3``) and preconditioning ``2 d_in d_out (d_in + d_out)`` for the blocks the
-  process owns (the slowest process sets the step);
+- flops per process: forward+backward ``3 x 2 T Cout Cin k^2`` per image (convs
+  and the FC); statistics ``2 b T (d_in^2 + d_out^2)`` for every block on every
+  process (its local batch b); inversion ``d^3`` per damped factor (Cholesky
+  ``d^3/3`` + inverse ``2 d^3/3``) and preconditioning
+  ``2 d_in d_out (d_in + d_out)`` for the blocks the process owns (the slowest
+  process sets the step);
 - bytes per process from ``traffic.planned_step_traffic`` (the stage-2
-  ReduceScatterV and stage-4 AllGatherV counts, plus the fp32 all-reduce of BN running
-  statistics), each collective a ring: ``(P - 1) alpha + bytes / beta``.
+  ReduceScatterV and stage-4 AllGatherV counts, plus the fp32 all-reduce of BN
+  running statistics), each collective a ring:
+  ``(P - 1) alpha + bytes / beta``.
 
-Hardware parameters (flags): NVIDIA V100 SXM2, 15.7 TFLOP/s fp32 peak, at 50% for
-GEMM-like stages (forward/backward, statistics, preconditioning) and 10% for the
-inversions (small Cholesky factorizations); network: ABCI's InfiniBand EDR, 100 Gb/s
-per HCA, two HCAs per 4-GPU node, so beta = 6.25 GB/s per GPU, alpha = 5 us per ring
-step. No overlap of communication with computation (the package's default). A
-"stale" column scales statistics, inversion and the factors' share of stage 2 by
-``--refresh`` (0.33: the README's measured fraction).
+Hardware parameters (flags): NVIDIA V100 SXM2, 15.7 TFLOP/s fp32 peak, at 50%
+for GEMM-like stages (forward/backward, statistics, preconditioning) and 10%
+for the inversions (small Cholesky factorizations); network: ABCI's InfiniBand
+EDR, 100 Gb/s per HCA, two HCAs per 4-GPU node, so beta = 6.25 GB/s per GPU,
+alpha = 5 us per ring step. No overlap of communication with computation (the
+package's default). A "stale" column scales statistics, inversion and the
+factors' share of stage 2 by ``--refresh`` (0.33: the README's measured
+fraction).
 
     .venv/bin/python benchmarks/scaling.py                     # ~3-5 min here
     .venv/bin/python benchmarks/scaling.py --procs 1,2 --steps 2 --batch 16   # tiny
@@ -70,7 +76,7 @@ MODEL_STAGES = ('forward_backward', 'statistics', 'inversion',
                 'preconditioning', 'reduce_scatter', 'all_gather', 'allreduce_bn')
 
 
-# --- measured ------------------------------------------------------------------
+# --- measured ----------------------------------------------------------------
 
 def worker(steps, batch):
     """One rank of the measured run; rank 0 prints one RESULT line."""
@@ -144,7 +150,7 @@ def measure(procs, steps, batch, timeout):
     return results
 
 
-# --- modelled ------------------------------------------------------------------
+# --- modelled ----------------------------------------------------------------
 
 class _Shapes(chainer.LinkHook):
     """Records each Convolution2D/Linear link's output shape in one forward."""
@@ -254,7 +260,7 @@ def run_model(ranks, hw, refresh):
     return plan, rows
 
 
-# --- report ---------------------------------------------------------------------
+# --- report ------------------------------------------------------------------
 
 def write(out, measured, plan, rows, hw, refresh):
     os.makedirs(out, exist_ok=True)

@@ -2,24 +2,24 @@
 """K-FAC step time with OpenBLAS's default threads and with configured ones.
 
 One run measures, each in its own processes (a pool's threads are set once per
-process), the small CNN (``models.small_cnn.SmallCNN``) on Fashion-MNIST, batch 32
-per process, stale K-FAC (the defaults), on:
+process), the small CNN (``models.small_cnn.SmallCNN``) on Fashion-MNIST, batch
+32 per process, stale K-FAC (the defaults), on:
 
 - one process (``KFAC``, ``chainerkfac.configure_threads``): OpenBLAS's default
-  (an explicit count equal to the cores, which is what OpenBLAS starts with), 1 thread,
-  2 threads (when the cores are not 2: then it is the default), and configured
-  (``'auto'``);
-- two ranks (``mpiexec -n 2``, ``DistributedKFAC``, ``create_communicator``): the
-  default (the core count per process, as without chainerkfac's setting) and
-  configured.
+  (an explicit count equal to the cores, which is what OpenBLAS starts with), 1
+  thread, 2 threads (when the cores are not 2: then it is the default), and
+  configured (``'auto'``);
+- two ranks (``mpiexec -n 2``, ``DistributedKFAC``, ``create_communicator``):
+  the default (the core count per process, as without chainerkfac's setting)
+  and configured.
 
-The children run with no ``*_NUM_THREADS`` variable, so ``'auto'`` decides. Each
-configuration runs ``--repeats`` times, interleaved, so that load on a shared
-machine hits them alike; the table gives each run's mean s/step after ``--warmup``
-steps and their median, the BLAS threads each pool ran with, and the process's CPU
-time over wall time (above 1: threads busy at once). Then the ratios the
-acceptance asks for: two ranks, default over configured (at least 5); one
-process, configured against the better of 1 and 2 threads (no slower).
+The children run with no ``*_NUM_THREADS`` variable, so ``'auto'`` decides.
+Each configuration runs ``--repeats`` times, interleaved, so that load on a
+shared machine hits them alike; the table gives each run's mean s/step after
+``--warmup`` steps and their median, the BLAS threads each pool ran with, and
+the process's CPU time over wall time (above 1: threads busy at once). Then the
+ratios the acceptance asks for: two ranks, default over configured (at least
+5); one process, configured against the better of 1 and 2 threads (no slower).
 
     .venv/bin/python benchmarks/threads.py [--steps 120] [--warmup 10] [--repeats 4]
         [--out benchmarks/results/threads_<date>.md] [--note 'what else ran']

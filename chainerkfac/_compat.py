@@ -2,88 +2,99 @@
 
 The one place that patches Chainer; nothing installed is edited. Import this
 module before ``chainer`` (``chainerkfac/__init__.py`` does). Patches 1-4 are
-compatibility patches, applied automatically: each mends one breakage, applies only
-where that breakage can occur (or is a no-op elsewhere, as said), is idempotent, and
-is tested in ``tests/test_compat.py``. Patch 5 changes numerics, so it is applied
-only on request (:func:`use_float64_bn_statistics`; ``tests/test_bn_precision.py``).
+compatibility patches, applied automatically: each mends one breakage, applies
+only where that breakage can occur (or is a no-op elsewhere, as said), is
+idempotent, and is tested in ``tests/test_compat.py``. Patch 5 changes
+numerics, so it is applied only on request (:func:`use_float64_bn_statistics`;
+``tests/test_bn_precision.py``).
 
-NumPy, patched at once (before Chainer is imported), by :func:`patch_numpy_for_chainer`:
+NumPy, patched at once (before Chainer is imported), by
+:func:`patch_numpy_for_chainer`:
 
-1. ``numpy.sctypes`` (removed in NumPy 2.0): ``chainer/functions/array/as_strided.py``
-   reads ``np.sctypes['int']`` at import time, so ``import chainer`` fails without it,
-   and ``np.sctypes['float']`` in ``F.as_strided``'s backward. Rebuilt exactly as
+1. ``numpy.sctypes`` (removed in NumPy 2.0):
+   ``chainer/functions/array/as_strided.py`` reads ``np.sctypes['int']`` at
+   import time, so ``import chainer`` fails without it, and
+   ``np.sctypes['float']`` in ``F.as_strided``'s backward. Rebuilt exactly as
    NumPy 1.x built it (a dict of lists of scalar types). NumPy 2 only.
-2. ``numpy.distutils.system_info``: ``chainer/_environment_check.py`` imports it at
-   import time and calls ``get_info('blas_opt')`` only on macOS. NumPy ships no
-   ``numpy.distutils`` for Python >= 3.12, NumPy 1.26 included. Whenever the real
-   module cannot be imported, a stub module whose ``get_info`` returns ``{}``
-   ("nothing found") is put in ``sys.modules``; where it can (Python 3.11), it is
-   imported here, its deprecation warning silenced, and left alone.
+2. ``numpy.distutils.system_info``: ``chainer/_environment_check.py`` imports
+   it at import time and calls ``get_info('blas_opt')`` only on macOS. NumPy
+   ships no ``numpy.distutils`` for Python >= 3.12, NumPy 1.26 included.
+   Whenever the real module cannot be imported, a stub module whose
+   ``get_info`` returns ``{}`` ("nothing found") is put in ``sys.modules``;
+   where it can (Python 3.11), it is imported here, its deprecation warning
+   silenced, and left alone.
 
-ChainerMN's ``chainermn.communicators._memory_utility``, patched when that module is
-imported (an import hook installed here; at once if it already was), by
-:func:`patch_chainermn_memory_utility`:
+ChainerMN's ``chainermn.communicators._memory_utility``, patched when that
+module is imported (an import hook installed here; at once if it already was),
+by :func:`patch_chainermn_memory_utility`:
 
-3. ``half`` in the batched pack/unpack kernels (``_cupy_batched_pack_params`` and
-   ``_cupy_batched_unpack_params``, CUDA sources compiled by ``chainer.cuda.raw``):
-   they use ``half`` and include only ``<cupy/carray.cuh>``. CuPy <= 13's carray.cuh
-   includes ``<cuda_fp16.h>`` (which defines ``half``); CuPy 14's moved it to
-   ``cupy/float16.cuh``, so NVRTC fails with ``identifier "half" is undefined``.
-   The sources get ``#include <cuda_fp16.h>`` in front. Unconditional, because
+3. ``half`` in the batched pack/unpack kernels (``_cupy_batched_pack_params``
+   and ``_cupy_batched_unpack_params``, CUDA sources compiled by
+   ``chainer.cuda.raw``): they use ``half`` and include only
+   ``<cupy/carray.cuh>``. CuPy <= 13's carray.cuh includes ``<cuda_fp16.h>``
+   (which defines ``half``); CuPy 14's moved it to ``cupy/float16.cuh``, so
+   NVRTC fails with ``identifier "half" is undefined``. The sources get
+   ``#include <cuda_fp16.h>`` in front. Unconditional, because
    harmless: the header has include guards, CuPy <= 13 includes it anyway, and
    CuPy 14 resolves it for its own float16.cuh. Used by ChainerMN's flat and
-   pure-NCCL communicators (batched copies), not by chainerkfac's own communicator.
-4. ``copy=False`` in ``unpack_params``: ``xp.array(v, copy=False, dtype=other)`` (only
-   with a transfer dtype other than the parameter's, e.g. an fp16
-   ``allreduce_grad_dtype``) meant "copy only if needed" in NumPy 1 / CuPy 13 and
-   raises ``ValueError`` in NumPy 2 / CuPy 14, where a copy is needed (it always is
-   here: the dtype differs). ``unpack_params`` is rebuilt from its own code with a
-   view of ``chainer`` whose ``backend.get_array_module`` returns the array module
-   with ``array(..., copy=False)`` mapped to ``asarray(...)``, the NumPy-1 meaning.
+   pure-NCCL communicators (batched copies), not by chainerkfac's own
+   communicator.
+4. ``copy=False`` in ``unpack_params``:
+   ``xp.array(v, copy=False, dtype=other)`` (only with a transfer dtype other
+   than the parameter's, e.g. an fp16 ``allreduce_grad_dtype``) meant "copy
+   only if needed" in NumPy 1 / CuPy 13 and raises ``ValueError`` in NumPy 2 /
+   CuPy 14, where a copy is needed (it always is
+   here: the dtype differs). ``unpack_params`` is rebuilt from its own code
+       with a
+   view of ``chainer`` whose ``backend.get_array_module`` returns the array
+   module with ``array(..., copy=False)`` mapped to ``asarray(...)``, the
+   NumPy-1 meaning.
    Unconditional: identical behaviour where the old call worked.
 
 Not applied at import: a numerics choice, not a compatibility fix. Chainer's
 ``chainer.functions.normalization.batch_normalization``, patched only when
-:func:`use_float64_bn_statistics` (``chainerkfac.use_float64_bn_statistics()``, which
-the project's entry points call) asks for it, and restored by
-``use_float64_bn_statistics(False)``; ``import chainerkfac`` leaves every model's
-BatchNormalization as Chainer computes it:
+:func:`use_float64_bn_statistics` (``chainerkfac.use_float64_bn_statistics()``,
+which the project's entry points call) asks for it, and restored by
+``use_float64_bn_statistics(False)``; ``import chainerkfac`` leaves every
+model's BatchNormalization as Chainer computes it:
 
 5. BatchNormalization's batch statistics on the CPU, accumulated in float64.
    ``GeneralBatchNormalizationImpl`` (the implementation used on NumPy arrays
    without iDeep) reduces over the batch axes (0, 2, 3) in float32:
-   ``x.mean``/``x.var`` in the forward pass, ``gy.sum`` and ``(gy * x_hat).sum`` in
-   the backward pass. Chainer's CPU convolution returns its output with the channels
-   rolled to axis 1 (a C-contiguous (N, H, W, C) array seen as (N, C, H, W)), and
-   NumPy reduces such an array by adding whole rows in order (no pairwise
-   summation): at batch 32768 (4 channels of 7x7) the mean and variance are off by
-   ~1e-4 and ~1e-3 relative, the normalised output by ~3e-3 absolute, and the error
-   grows with the batch (C-contiguous inputs: ~2e-6 to 5e-6). ``get_mean_and_var``
-   and ``get_ggamma_and_gbeta`` are replaced by the same sums accumulated in float64
+   ``x.mean``/``x.var`` in the forward pass, ``gy.sum`` and
+   ``(gy * x_hat).sum`` in the backward pass. Chainer's CPU convolution returns
+   its output with the channels rolled to axis 1 (a C-contiguous (N, H, W, C)
+   array seen as (N, C, H, W)), and NumPy reduces such an array by adding whole
+   rows in order (no pairwise summation): at batch 32768 (4 channels of 7x7)
+   the mean and variance are off by ~1e-4 and ~1e-3 relative, the normalised
+   output by ~3e-3 absolute, and the error grows with the batch (C-contiguous
+   inputs: ~2e-6 to 5e-6). ``get_mean_and_var`` and ``get_ggamma_and_gbeta``
+       are replaced by the same sums accumulated in float64
    (``sum(..., dtype=float64)``; the variance as the sum of squared float32
-   deviations from the rounded mean), returned in Chainer's dtypes: within ~1e-7
-   relative of a float64 computation (``tests/test_bn_precision.py``). Measured on
-   the DemoCNN's three BN layers at batch 4096: a forward and backward pass takes
-   the same time as unpatched to within 10% (either way); reducing a per-channel
-   contiguous float32 copy instead was slower (the copy: 1.5-2x the float64 mean
-   and variance on the rolled layout) and less exact (~5e-7).
-   NumPy only: on CuPy arrays the original methods run. Not covered (not used by a
-   training step): iDeep's implementation and ``FixedBatchNormalizationGrad`` (the
-   gradient through fixed, running statistics).
+   deviations from the rounded mean), returned in Chainer's dtypes: within
+   ~1e-7 relative of a float64 computation (``tests/test_bn_precision.py``).
+   Measured on the DemoCNN's three BN layers at batch 4096: a forward and
+   backward pass takes the same time as unpatched to within 10% (either way);
+   reducing a per-channel contiguous float32 copy instead was slower (the copy:
+   1.5-2x the float64 mean and variance on the rolled layout) and less exact
+   (~5e-7). NumPy only: on CuPy arrays the original methods run. Not covered
+   (not used by a training step): iDeep's implementation and
+   ``FixedBatchNormalizationGrad`` (the gradient through fixed, running
+   statistics).
 
-Not restored: ``numpy.float`` (read by ``F.resize_images``; removed in NumPy 1.24, so
-broken on NumPy 1.26 too), the ``numpy.Inf``/``NaN``/... aliases (read only by
-``chainerx``, which a pure-Python Chainer build disables), and
-``numpy.meshgrid`` returning a tuple (``chainer.distributions.Categorical.log_prob``
-raises ``TypeError``). CuPy 14 has no ``cupy.cudnn``: Chainer then convolves without
-cuDNN and warns once, at its first GPU use (``CHAINER_CUDNN=0`` silences it); nothing
-to patch.
+Not restored: ``numpy.float`` (read by ``F.resize_images``; removed in NumPy
+1.24, so broken on NumPy 1.26 too), the ``numpy.Inf``/``NaN``/... aliases (read
+only by ``chainerx``, which a pure-Python Chainer build disables), and
+``numpy.meshgrid`` returning a tuple
+(``chainer.distributions.Categorical.log_prob`` raises ``TypeError``). CuPy 14
+has no ``cupy.cudnn``: Chainer then convolves without cuDNN and warns once, at
+its first GPU use (``CHAINER_CUDNN=0`` silences it); nothing to patch.
 
-``pkg_resources`` is not shimmed: ``import chainer`` (``_environment_check.py``) and
-``chainer.testing``/``chainer.gradient_check`` import it and use its API, so
-``setuptools<82`` (82 removed ``pkg_resources``) must be installed; a clear
-``ImportError`` says so. Chainer other than 7.8.x is refused on NumPy 2 (only 7.8.1 was
-checked).
+``pkg_resources`` is not shimmed: ``import chainer``
+(``_environment_check.py``) and ``chainer.testing``/``chainer.gradient_check``
+import it and use its API, so ``setuptools<82`` (82 removed ``pkg_resources``)
+must be installed; a clear ``ImportError`` says so. Chainer other than 7.8.x is
+refused on NumPy 2 (only 7.8.1 was checked).
 """
 
 import functools
@@ -110,10 +121,11 @@ def _numpy_major():
     return int(numpy.__version__.split('.')[0])
 
 
-# --- 1. numpy.sctypes ------------------------------------------------------------
+# --- 1. numpy.sctypes --------------------------------------------------------
 
 def _sctypes():
-    """``numpy.sctypes`` as NumPy 1.x's ``numerictypes._set_array_types`` built it."""
+    """``numpy.sctypes`` as NumPy 1.x's ``numerictypes._set_array_types`` built
+    it."""
     sctypes = {'int': [], 'uint': [], 'float': [], 'complex': [],
                'others': [bool, object, bytes, str, numpy.void]}
     for nbytes in (1, 2, 4, 8, 16, 32, 64):
@@ -137,7 +149,7 @@ def _sctypes():
     return sctypes
 
 
-# --- 2. numpy.distutils.system_info -------------------------------------------------
+# --- 2. numpy.distutils.system_info ------------------------------------------
 
 def _importable(name):
     """Whether `import name` can succeed, without importing it."""
@@ -156,7 +168,8 @@ def _stub_module(name, doc):
 
 
 def _imports(name):
-    """Import `name` as Chainer will (warnings silenced); whether that worked."""
+    """Import `name` as Chainer will (warnings silenced); whether that
+    worked."""
     if sys.modules.get(name) is not None:
         return True
     try:
@@ -169,7 +182,8 @@ def _imports(name):
 
 
 def _stub_numpy_distutils_system_info():
-    """Stub numpy.distutils.system_info where it cannot be imported; True if stubbed."""
+    """Stub numpy.distutils.system_info where it cannot be imported; True if
+    stubbed."""
     if _imports('numpy.distutils.system_info'):
         return False  # the real one (Python <= 3.11): Chainer imports it itself
     distutils = sys.modules.get('numpy.distutils')
@@ -224,14 +238,16 @@ def patch_numpy_for_chainer():
     return added
 
 
-# --- 3. and 4. ChainerMN's _memory_utility -------------------------------------------
+# --- 3. and 4. ChainerMN's _memory_utility -----------------------------------
 
 def kernel_source(build):
-    """``(source, name)`` that a ChainerMN kernel builder passes to ``chainer.cuda.raw``.
+    """``(source, name)`` that a ChainerMN kernel builder passes to
+    ``chainer.cuda.raw``.
 
-    `build` is ``_cupy_batched_pack_params`` or ``_cupy_batched_unpack_params`` (as
-    found in the module: patched or not). Runs its code with a ``chainer`` whose
-    ``cuda.raw`` only records, so nothing is compiled and no GPU is needed.
+    `build` is ``_cupy_batched_pack_params`` or ``_cupy_batched_unpack_params``
+    (as found in the module: patched or not). Runs its code with a ``chainer``
+    whose ``cuda.raw`` only records, so nothing is compiled and no GPU is
+    needed.
     """
     calls = []
     chainer_module = build.__globals__['chainer']
@@ -283,7 +299,8 @@ def _with_fp16_header(module, attr):
 
 
 class _CopyOnlyIfNeeded(object):
-    """An array module whose ``array(x, copy=False, ...)`` is ``asarray(x, ...)``."""
+    """An array module whose ``array(x, copy=False, ...)`` is
+    ``asarray(x, ...)``."""
 
     def __init__(self, xp):
         self._xp = xp
@@ -325,9 +342,9 @@ def _unpack_params_copy_if_needed(module):
 def patch_chainermn_memory_utility(module=None):
     """Patches 3 and 4 on ``chainermn.communicators._memory_utility``.
 
-    `module` defaults to the imported one. Idempotent; returns the names patched.
-    A patch that does not fit (another ChainerMN) is skipped with a warning rather
-    than breaking the import.
+    `module` defaults to the imported one. Idempotent; returns the names
+    patched. A patch that does not fit (another ChainerMN) is skipped with a
+    warning rather than breaking the import.
     """
     if module is None:
         module = sys.modules[_MEMORY_UTILITY]
@@ -347,7 +364,8 @@ def patch_chainermn_memory_utility(module=None):
 
 
 class _PatchOnImport(importlib.abc.MetaPathFinder):
-    """Runs ``patch(module)`` right after module `name` is executed by an import."""
+    """Runs ``patch(module)`` right after module `name` is executed by an
+    import."""
 
     def __init__(self, name, patch):
         self.name = name
@@ -385,7 +403,7 @@ class _PatchingLoader(importlib.abc.Loader):
         return getattr(self._loader, name)
 
 
-# --- 5. BatchNormalization's CPU batch statistics ------------------------------------
+# --- 5. BatchNormalization's CPU batch statistics ----------------------------
 
 def _reduced_count(x, axis):
     count = 1
@@ -395,8 +413,8 @@ def _reduced_count(x, axis):
 
 
 def _float64_mean_and_var(get_mean_and_var):
-    """Patch 5's ``get_mean_and_var``: float64 sums on NumPy, `get_mean_and_var`
-    (Chainer's own) elsewhere."""
+    """Patch 5's ``get_mean_and_var``: float64 sums on NumPy,
+    `get_mean_and_var` (Chainer's own) elsewhere."""
 
     @functools.wraps(get_mean_and_var)
     def patched(self, axis, gamma, x, xp, interm_dtype):
@@ -443,7 +461,8 @@ def patch_batch_normalization(module=None):
 
     `module` defaults to that module (imported if need be). Idempotent; returns
     the names patched. Skipped with a warning where the implementation class is
-    not Chainer 7.8's. Called by :func:`use_float64_bn_statistics`, not at import.
+    not Chainer 7.8's. Called by :func:`use_float64_bn_statistics`, not at
+    import.
     """
     impl = _batch_normalization_impl(module)
     patched = []

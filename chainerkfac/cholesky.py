@@ -1,4 +1,5 @@
-"""Cholesky inverses of symmetric positive definite matrices, status on the device.
+"""Cholesky inverses of symmetric positive definite matrices, status on the
+device.
 
 Two implementations of one small interface, :class:`CholeskySolver`:
 

@@ -1,4 +1,5 @@
-"""The function hook that feeds the Fisher blocks during forward and backward."""
+"""The function hook that feeds the Fisher blocks during forward and
+backward."""
 import chainer
 
 from chainerkfac.profiling import timed

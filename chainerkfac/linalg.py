@@ -1,4 +1,5 @@
-"""Dense linear algebra for Kronecker factors, backend-agnostic (NumPy or CuPy).
+"""Dense linear algebra for Kronecker factors, backend-agnostic (NumPy or
+CuPy).
 
 All factors are symmetric positive semi-definite matrices; their damped copies
 ``M + lambda I`` are inverted through a Cholesky factorization
@@ -41,7 +42,8 @@ def add_diagonal(matrix, value):
 
 
 def trace_ratio(matrix):
-    """``tr(M) / dim(M)``: the mean eigenvalue, as a 0-d array on M's device."""
+    """``tr(M) / dim(M)``: the mean eigenvalue, as a 0-d array on M's
+    device."""
     return matrix.trace() / matrix.shape[0]
 
 

@@ -1,9 +1,11 @@
-"""BLAS threads per process: its share of the node's cores, unless the user chose.
+"""BLAS threads per process: its share of the node's cores, unless the user
+chose.
 
-:func:`configure_threads` sets the thread count of every BLAS (and OpenMP) thread
-pool loaded in the process, at run time, through ``threadpoolctl``. It is called by
-:func:`chainerkfac.create_communicator` (every rank, ``blas_threads=`` there), by
-``train_imagenet.py`` and the examples; a single-process program calls it itself::
+:func:`configure_threads` sets the thread count of every BLAS (and OpenMP)
+thread pool loaded in the process, at run time, through ``threadpoolctl``. It
+is called by :func:`chainerkfac.create_communicator` (every rank,
+``blas_threads=`` there), by ``train_imagenet.py`` and the examples; a
+single-process program calls it itself::
 
     import chainerkfac
     chainerkfac.configure_threads()          # or configure_threads(4), or None: leave them
@@ -11,56 +13,60 @@ pool loaded in the process, at run time, through ``threadpoolctl``. It is called
 Nothing happens at import time.
 
 **Why.** NumPy's and SciPy's wheels each bundle their own OpenBLAS, and each
-OpenBLAS starts as many threads as the machine has cores. K-FAC calls both every
-step: NumPy for the forward/backward products and the statistics, SciPy's LAPACK
-(``potrf``/``potri``) for the inverses. OpenBLAS splits even the small matrices of
-K-FAC's factors across its threads, and its threads busy-wait after each call (for
-about 2**28 cycles, 0.1 s) instead of sleeping; the caller busy-waits for its
-workers too. So every call hands work between threads, and when a core has more
-runnable threads than it can run at once, each hand-over waits for a scheduler
-time slice (milliseconds) instead of microseconds. Measured on the 2-core
-development machine, while another job kept both cores busy (small CNN, batch 32 per
-process, stale K-FAC; ``benchmarks/threads.py``, ``benchmarks/results/threads_*.md``,
-and timings of single calls):
+OpenBLAS starts as many threads as the machine has cores. K-FAC calls both
+every step: NumPy for the forward/backward products and the statistics, SciPy's
+LAPACK (``potrf``/``potri``) for the inverses. OpenBLAS splits even the small
+matrices of K-FAC's factors across its threads, and its threads busy-wait after
+each call (for about 2**28 cycles, 0.1 s) instead of sleeping; the caller
+busy-waits for its workers too. So every call hands work between threads, and
+when a core has more runnable threads than it can run at once, each hand-over
+waits for a scheduler time slice (milliseconds) instead of microseconds.
+Measured on the 2-core development machine, while another job kept both cores
+busy (small CNN, batch 32 per process, stale K-FAC; ``benchmarks/threads.py``,
+``benchmarks/results/threads_*.md``, and timings of single calls):
 
-- ``mpiexec -n 2`` with the default, 2 threads per library in each process (2 x 3
-  busy threads on 2 cores): steps 4-10x longer than with 1 thread, the more the
-  less CPU the other job took (issue 21 measured 14x and 21x).
-- One process, 2 threads per library (the main thread and one worker per library: 3
-  busy threads on 2 cores): 1.6-2.0x longer in the benchmark, up to 11x in other
-  runs; six 9x9-72x72 Cholesky inverses (SciPy) took 14 ms instead of 0.055 ms, the
-  caller and its worker each waiting for a core two thirds of the time. With this
-  process's scheduling group given priority over the other job (nearly alone on
-  the machine) 2.3-2.7x longer, and still 1.2x when only *one* of the two libraries had 2
-  threads: the two pools together oversubscribe the cores even when nothing else
+- ``mpiexec -n 2`` with the default, 2 threads per library in each process (2 x
+  3 busy threads on 2 cores): steps 4-10x longer than with 1 thread, the more
+  the less CPU the other job took (issue 21 measured 14x and 21x).
+- One process, 2 threads per library (the main thread and one worker per
+  library: 3 busy threads on 2 cores): 1.6-2.0x longer in the benchmark, up to
+      11x in other
+  runs; six 9x9-72x72 Cholesky inverses (SciPy) took 14 ms instead of 0.055 ms,
+  the caller and its worker each waiting for a core two thirds of the time.
+  With this process's scheduling group given priority over the other job
+  (nearly alone on the machine) 2.3-2.7x longer, and still 1.2x when only *one*
+  of the two libraries had 2
+  threads: the two pools together oversubscribe the cores even when nothing
+      else
   runs. Element-wise NumPy work between the calls was not slowed. With
   ``OPENBLAS_THREAD_TIMEOUT=4`` (workers sleep at once; read only when OpenBLAS
-  loads, so it cannot be set from here) a step with 2 threads took as long as with 1
-  (0.0073 against 0.0071 s): the busy-waiting costs, not the second thread.
+  loads, so it cannot be set from here) a step with 2 threads took as long as
+  with 1 (0.0073 against 0.0071 s): the busy-waiting costs, not the second
+  thread.
 
-**The default** (:func:`default_threads`): a process's share of the node's cores is
-``cores // local processes`` (at least 1), and the BLAS threads of all its pools
-together fit in it: with ``p`` separate BLAS libraries loaded, each gets
-``(share - 1) // p + 1`` threads (``p (n - 1)`` workers plus the calling thread
-<= share). With NumPy's and SciPy's OpenBLAS (``p = 2``): 1 thread for one process on
-2 cores, and for each of 2 processes on 2 cores; 4 for one process on 8 cores; 2 for
-each of 2 processes on 8 cores. With one shared library (``p = 1``) the whole share.
-A large model whose products dominate may do better with the whole share: pass it
-(``configure_threads(n)``, ``create_communicator(..., blas_threads=n)``), or set
-``OPENBLAS_NUM_THREADS``.
+**The default** (:func:`default_threads`): a process's share of the node's
+cores is ``cores // local processes`` (at least 1), and the BLAS threads of all
+its pools together fit in it: with ``p`` separate BLAS libraries loaded, each
+gets ``(share - 1) // p + 1`` threads (``p (n - 1)`` workers plus the calling
+thread <= share). With NumPy's and SciPy's OpenBLAS (``p = 2``): 1 thread for
+one process on 2 cores, and for each of 2 processes on 2 cores; 4 for one
+process on 8 cores; 2 for each of 2 processes on 8 cores. With one shared
+library (``p = 1``) the whole share. A large model whose products dominate may
+do better with the whole share: pass it (``configure_threads(n)``,
+``create_communicator(..., blas_threads=n)``), or set ``OPENBLAS_NUM_THREADS``.
 
-``cores`` is what the process may run on: its CPU affinity (``taskset``, cpusets),
-the union over the node's processes under MPI (so a launcher's binding counts), and
-at most its cgroup CPU quota (containers' ``--cpus``, Kubernetes limits). The
-pools are those loaded when it is called (``import chainerkfac`` loads NumPy's and
-SciPy's); a library loaded later keeps its own default, so call it after importing
-one.
+``cores`` is what the process may run on: its CPU affinity (``taskset``,
+cpusets), the union over the node's processes under MPI (so a launcher's
+binding counts), and at most its cgroup CPU quota (containers' ``--cpus``,
+Kubernetes limits). The pools are those loaded when it is called
+(``import chainerkfac`` loads NumPy's and SciPy's); a library loaded later
+keeps its own default, so call it after importing one.
 
-**The user's choice wins**: when any of :data:`USER_VARIABLES` is set (non-empty)
-nothing is changed. It says so once per process in the log (logger
-``chainerkfac.threads``, INFO, one line; under MPI rank 0 at INFO and the others at
-DEBUG); :func:`log_to_stderr` shows it on stderr, as the scripts here do once
-their devices are settled.
+**The user's choice wins**: when any of :data:`USER_VARIABLES` is set
+(non-empty) nothing is changed. It says so once per process in the log (logger
+``chainerkfac.threads``, INFO, one line; under MPI rank 0 at INFO and the
+others at DEBUG); :func:`log_to_stderr` shows it on stderr, as the scripts here
+do once their devices are settled.
 """
 import collections
 import logging
@@ -71,13 +77,15 @@ import sys
 
 logger = logging.getLogger(__name__)
 
-#: variables that choose BLAS/OpenMP threads; any of them set: nothing is changed
+#: variables that choose BLAS/OpenMP threads; any of them set: nothing is
+#: changed
 USER_VARIABLES = ('OPENBLAS_NUM_THREADS', 'GOTO_NUM_THREADS', 'OMP_NUM_THREADS',
                   'MKL_NUM_THREADS', 'BLIS_NUM_THREADS')
 #: launchers' node-local process counts (MPICH's Hydra, Open MPI), read when no
 #: communicator is given
 LOCAL_SIZE_VARIABLES = ('MPI_LOCALNRANKS', 'OMPI_COMM_WORLD_LOCAL_SIZE')
-#: launchers' global ranks: only rank 0 logs at INFO when no communicator is given
+#: launchers' global ranks: only rank 0 logs at INFO when no communicator is
+#: given
 RANK_VARIABLES = ('PMI_RANK', 'OMPI_COMM_WORLD_RANK')
 
 #: what :func:`configure_threads` did. ``threads``: the count set (None when

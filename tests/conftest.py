@@ -17,10 +17,10 @@ import chainerkfac  # NOQA: E402,F401
 def gpu_unavailable_reason():
     """Why tests marked ``gpu`` cannot run here, or None when they can.
 
-    They need CuPy to import and ``cupy.is_available()`` (a CUDA device that the
-    driver exposes). With CuPy installed but no driver, ``import cupy`` works;
-    ``cupy.is_available()`` is False with CuPy 14 and raises with CuPy 13, and
-    ``cupy.cuda.runtime.getDeviceCount()`` raises with both.
+    They need CuPy to import and ``cupy.is_available()`` (a CUDA device that
+    the driver exposes). With CuPy installed but no driver, ``import cupy``
+    works; ``cupy.is_available()`` is False with CuPy 14 and raises with CuPy
+    13, and ``cupy.cuda.runtime.getDeviceCount()`` raises with both.
     """
     try:
         import cupy

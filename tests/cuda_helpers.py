@@ -1,4 +1,5 @@
-"""Shared by the kernel tests: whether the emulated kernels can be built here."""
+"""Shared by the kernel tests: whether the emulated kernels can be built
+here."""
 import shutil
 
 import pytest

@@ -1,11 +1,12 @@
 """chainerkfac.training.allocator: glibc's mallopt from inside the process.
 
 Each measurement runs in a fresh interpreter (the setting cannot be undone): a
-64 MiB array (above glibc's largest dynamic mmap threshold, 32 MiB) is allocated,
-filled and freed ten times, and the minor page faults per round are counted. By
-default every round maps and faults the array in again; configured, the freed
-heap memory is reused and nothing faults -- the same as with the environment
-variables ``MALLOC_MMAP_MAX_``/``MALLOC_TRIM_THRESHOLD_``/``MALLOC_TOP_PAD_``.
+64 MiB array (above glibc's largest dynamic mmap threshold, 32 MiB) is
+allocated, filled and freed ten times, and the minor page faults per round are
+counted. By default every round maps and faults the array in again; configured,
+the freed heap memory is reused and nothing faults -- the same as with the
+environment variables
+``MALLOC_MMAP_MAX_``/``MALLOC_TRIM_THRESHOLD_``/``MALLOC_TOP_PAD_``.
 """
 import os
 import re

@@ -3,12 +3,12 @@
 Chainer's BatchNormalization (patch 5 in ``chainerkfac/_compat.py``: only after
 ``chainerkfac.use_float64_bn_statistics()``; Chainer's own float32 sums after a
 plain ``import chainerkfac``) and every
-reduction our Fisher blocks make over the N (x T) rows of a batch: the forward mean
-and variance, the backward pass's sums, ``input_second_moment``,
+reduction our Fisher blocks make over the N (x T) rows of a batch: the forward
+mean and variance, the backward pass's sums, ``input_second_moment``,
 ``output_second_moment`` and BN's ``per_example_gradients`` with the three BN
 Fisher shapes. The arrays are small in every dimension but the batch, and the
-convolution outputs are Chainer's own (channels rolled to axis 1, not C-contiguous:
-the layout whose float32 reductions lose accuracy).
+convolution outputs are Chainer's own (channels rolled to axis 1, not
+C-contiguous: the layout whose float32 reductions lose accuracy).
 """
 import json
 import os
@@ -41,7 +41,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture
 def float64_bn():
-    """Float64 BN statistics for the test (as the entry points ask for them)."""
+    """Float64 BN statistics for the test (as the entry points ask for
+    them)."""
     previous = chainerkfac.use_float64_bn_statistics()
     yield
     chainerkfac.use_float64_bn_statistics(previous)

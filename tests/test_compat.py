@@ -1,7 +1,8 @@
-"""chainerkfac._compat: Chainer 7.8.1 and ChainerMN on NumPy 2, Python 3.12, CuPy 14.
+"""chainerkfac._compat: Chainer 7.8.1 and ChainerMN on NumPy 2, Python 3.12,
+CuPy 14.
 
-scripts/test.sh runs this file in every venv of the import matrix: .venv (Python
-3.11, NumPy 1.26), .venv-numpy2 (3.11, NumPy 2, CuPy 14 without a GPU),
+scripts/test.sh runs this file in every venv of the import matrix: .venv
+(Python 3.11, NumPy 1.26), .venv-numpy2 (3.11, NumPy 2, CuPy 14 without a GPU),
 .venv-py312 (3.12, NumPy 1.26: no numpy.distutils) and .venv-py312-numpy2.
 """
 import copy
@@ -27,7 +28,8 @@ COMPAT_PY = os.path.join(ROOT, 'chainerkfac', '_compat.py')
 
 
 def _python(code):
-    """Run code in a fresh interpreter (nothing imported yet); return stdout."""
+    """Run code in a fresh interpreter (nothing imported yet); return
+    stdout."""
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
     proc = subprocess.run([sys.executable, '-c', textwrap.dedent(code)], env=env,
                           capture_output=True, text=True, timeout=240)
@@ -39,7 +41,7 @@ def _sized(prefix, bits):
     return [getattr(numpy, '%s%d' % (prefix, b)) for b in bits]
 
 
-# --- (a) what is patched ----------------------------------------------------------
+# --- (a) what is patched -----------------------------------------------------
 
 @pytest.mark.skipif(not NUMPY2, reason='NumPy 2 only')
 def test_sctypes_restored_on_numpy2():
@@ -136,7 +138,8 @@ def test_real_numpy_distutils_left_alone():
 
 
 def test_missing_pkg_resources_gives_clear_error():
-    # Load _compat.py by path so that chainerkfac/__init__.py cannot mask the error.
+    # Load _compat.py by path so that chainerkfac/__init__.py cannot mask the
+    # error.
     out = _python('''
         import sys, importlib.util
         sys.modules['pkg_resources'] = None  # `import pkg_resources` now fails
@@ -159,7 +162,7 @@ def test_unsupported_chainer_version_refused(monkeypatch):
     _compat._check_chainer_version()
 
 
-# --- (b) Chainer works ---------------------------------------------------------------
+# --- (b) Chainer works -------------------------------------------------------
 
 class _Net(chainer.Chain):
     def __init__(self):
@@ -289,7 +292,7 @@ def test_npz_round_trip_and_trainer(rng, tmp_path):
     numpy.testing.assert_array_equal(model.predictor.bn.avg_var, other.predictor.bn.avg_var)
 
 
-# --- (c) ChainerMN's _memory_utility: `half` kernels and copy=False ------------------
+# --- (c) ChainerMN's _memory_utility: `half` kernels and copy=False ----------
 
 from chainermn.communicators import _memory_utility as memory_utility  # noqa: E402
 
@@ -307,7 +310,8 @@ def _cupy_or_none():
 
 
 def _sources(kernel):
-    """(unpatched, patched) (source, name) of one of ChainerMN's kernel builders."""
+    """(unpatched, patched) (source, name) of one of ChainerMN's kernel
+    builders."""
     patched = getattr(memory_utility, kernel)
     return _compat.kernel_source(patched.__wrapped__), _compat.kernel_source(patched)
 
@@ -374,7 +378,8 @@ def _cupy_include():
 
 
 def _carray_include(tmp_path, header):
-    """(include dir, whether its carray.cuh defines half) for one header kind."""
+    """(include dir, whether its carray.cuh defines half) for one header
+    kind."""
     if header == 'cupy14-stand-in':  # CuPy 14: fp16 moved out of carray.cuh
         return _write_carray(tmp_path, header, ''), False
     if header == 'cupy13-stand-in':  # CuPy <= 13: carray.cuh includes it
@@ -386,7 +391,8 @@ def _carray_include(tmp_path, header):
 def _nvcc(tmp_path, source, include):
     cu = tmp_path / 'kernel.cu'
     cu.write_text(source)
-    # NVRTC (what CuPy compiles with) has assert() built in; nvcc needs assert.h.
+    # NVRTC (what CuPy compiles with) has assert() built in; nvcc needs
+    # assert.h.
     return subprocess.run(
         [NVCC, '-arch=sm_80', '-ptx', '-include', 'assert.h', '-I', include,
          str(cu), '-o', str(tmp_path / 'kernel.ptx')],
@@ -422,7 +428,8 @@ def _cuda_include_dirs():
 
 
 def _nvrtc_compile(source, include):
-    """Compile with CuPy's NVRTC binding as CuPy does for sm_80 (needs no GPU)."""
+    """Compile with CuPy's NVRTC binding as CuPy does for sm_80 (needs no
+    GPU)."""
     from cupy.cuda import compiler
     options = ['-I' + include, '--gpu-architecture=sm_80',
                '--device-as-default-execution-space']
@@ -454,7 +461,8 @@ def test_kernel_compiles_with_cupys_nvrtc(kernel):
 
 
 class _Buffer(object):
-    """ChainerMN's DeviceMemory for NumPy arrays: to_device copies bytes out."""
+    """ChainerMN's DeviceMemory for NumPy arrays: to_device copies bytes
+    out."""
 
     def __init__(self, data):
         self.data = data
@@ -476,7 +484,8 @@ def test_unpack_params_with_another_transfer_dtype(transfer, rng):
     for p, s in zip(params, sent):
         assert p.grad.dtype == p.array.dtype
         numpy.testing.assert_array_equal(p.grad, s.astype(p.array.dtype))
-    # ChainerMN's own code: the same on NumPy 1, ValueError on NumPy 2 (copy=False).
+    # ChainerMN's own code: the same on NumPy 1, ValueError on NumPy 2
+    # (copy=False).
     for p in params:
         p.grad[...] = -7
     unpatched = memory_utility.unpack_params.__wrapped__
@@ -498,7 +507,7 @@ def test_copy_only_if_needed_array_module():
     assert xp.array(a) is not a and xp.float32 is numpy.float32
 
 
-# --- (d) the import matrix: a K-FAC step -----------------------------------------------
+# --- (d) the import matrix: a K-FAC step -------------------------------------
 
 def test_kfac_step_conv_bn_linear(rng):
     import nets
@@ -520,7 +529,7 @@ def test_kfac_step_conv_bn_linear(rng):
                                         dtype=numpy.float32)(x, t).array)
 
 
-# --- (e) GPU-marked tests skip without a device ---------------------------------------
+# --- (e) GPU-marked tests skip without a device ------------------------------
 
 def test_gpu_skip_reason_names_what_is_missing():
     import conftest

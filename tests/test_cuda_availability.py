@@ -134,7 +134,8 @@ def test_the_gpu_builds_nvrtc_options():
 
 
 def _cusolver_installed():
-    """Whether a cuSOLVER library is installed (a pip wheel or the system's)."""
+    """Whether a cuSOLVER library is installed (a pip wheel or the
+    system's)."""
     import ctypes.util
     import importlib.metadata
     for dist in ('nvidia-cusolver', 'nvidia-cusolver-cu12'):

@@ -1,4 +1,5 @@
-"""benchmarks/convergence.py and benchmarks/scaling.py end to end, tiny (issue 12)."""
+"""benchmarks/convergence.py and benchmarks/scaling.py end to end, tiny (issue
+12)."""
 import json
 import os
 import sys
@@ -85,8 +86,9 @@ def test_scaling_end_to_end(tmp_path):
 
 
 def test_convergence_parallel_workers_and_stale_waits_for_kfac(tmp_path, capsys):
-    """``--workers 2``: runs train in two spawned processes; the stale run starts
-    only after its batch's K-FAC run is recorded, at that run's configuration."""
+    """``--workers 2``: runs train in two spawned processes; the stale run
+    starts only after its batch's K-FAC run is recorded, at that run's
+    configuration."""
     out = str(tmp_path / 'par')
     args = TINY[:-6] + ['--workers', '2', '--warmup-epochs', '1',
                         '--stale-batch-sizes', '32', '--kfac-dampings',
@@ -126,8 +128,8 @@ def test_warmup_in_epochs_is_the_same_number_of_images_at_every_batch():
     methods = [(s[0], s[1]) if isinstance(s, tuple) else
                (s['method'], s['batch']) for s in plan]
     assert methods[0] == ('kfac', 8192) and methods[-1][0] == 'stale'
-    # a warm-up fraction given on the command line replaces the preset's epochs,
-    # so the committed 5-epoch run's command still finds its record
+    # a warm-up fraction given on the command line replaces the preset's
+    # epochs, so the committed 5-epoch run's command still finds its record
     args = convergence.parse(['--warmup-frac', '0.2'])
     assert args.warmup_epochs is None and args.warmup_frac == 0.2
     assert convergence.parse([]).warmup_epochs == 1.0

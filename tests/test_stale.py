@@ -283,7 +283,7 @@ def test_fixed_intervals_need_stale_false():
         KFAC(stale_loss_ratio=0.5)
 
 
-# --- the EMA -------------------------------------------------------------------
+# --- the EMA -----------------------------------------------------------------
 @pytest.mark.parametrize('decay', [0.05, 0.3, 1.0])
 @pytest.mark.parametrize('k', [1, 2, 7])
 def test_ema_after_k_steps_equals_k_every_step_updates(rng, decay, k):
@@ -297,7 +297,7 @@ def test_ema_after_k_steps_equals_k_every_step_updates(rng, decay, k):
     numpy.testing.assert_allclose(block.ema['A'], expected, rtol=1e-12)
 
 
-# --- in the optimizer ---------------------------------------------------------
+# --- in the optimizer --------------------------------------------------------
 class Frozen(chainer.Chain):
     """Two linear layers on two inputs, ``x`` and ``z``, summed."""
 

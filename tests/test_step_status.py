@@ -1,5 +1,5 @@
-"""One host transfer per step: device statuses, fallbacks decided on the device,
-recovery of failed inversions on the host afterwards."""
+"""One host transfer per step: device statuses, fallbacks decided on the
+device, recovery of failed inversions on the host afterwards."""
 import warnings
 
 import chainer

@@ -158,7 +158,8 @@ def test_fp16_training_with_fp32_master_weights(data, tmp_path):
 # --gpu: without a GPU (forced with CUDA_VISIBLE_DEVICES='', so that this
 # holds on a GPU machine too) one line and exit status 2 on every rank; the
 # runs on a GPU are marked ``gpu`` and skipped without one (they have not run
-# on a GPU from this repository's machines yet: scripts/gpu_check.sh runs them).
+# on a GPU from this repository's machines yet: scripts/gpu_check.sh runs
+# them).
 
 def gpu_problem():
     from chainerkfac.training import device

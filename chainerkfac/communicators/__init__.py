@@ -1,4 +1,5 @@
-"""Communicators: ChainerMN MPI communicators with K-FAC's packed collectives."""
+"""Communicators: ChainerMN MPI communicators with K-FAC's packed
+collectives."""
 from chainerkfac import _optional
 try:  # mpi4py: the [mpi] extra; without it these names say what to install
     from chainerkfac.communicators.base import CommunicatorUnavailable  # NOQA
@@ -17,7 +18,8 @@ COMMUNICATOR_NAMES = ('mpi', 'pure_nccl')
 @_optional.needs_mpi4py('create_communicator')
 def create_communicator(name='mpi', mpi_comm=None, abort_on_exception=True,
                         blas_threads='auto', **options):
-    """Creates a communicator for :class:`~chainerkfac.optimizers.DistributedKFAC`.
+    """Creates a communicator for
+    :class:`~chainerkfac.optimizers.DistributedKFAC`.
 
     Args:
         name (str): ``'mpi'``: NumPy buffers through mpi4py; CuPy arrays are

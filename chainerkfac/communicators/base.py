@@ -5,7 +5,8 @@ the byte counters, agrees on the fp16 power-of-two scales, lays out the
 V collectives (which arrays of which rank go where) and computes the
 divisors of the results. Its subclasses only move buffers:
 :class:`~chainerkfac.communicators.mpi_communicator.MpiCommunicator` through
-mpi4py, :class:`~chainerkfac.communicators.nccl_communicator.PureNcclCommunicator`
+mpi4py,
+:class:`~chainerkfac.communicators.nccl_communicator.PureNcclCommunicator`
 through an NCCL interface.
 """
 import numpy

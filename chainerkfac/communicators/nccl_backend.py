@@ -4,9 +4,10 @@
 (CuPy missing, CuPy without NCCL, no CUDA device, a CUDA library CuPy cannot
 load); :func:`gpu_of_rank` picks this rank's GPU from its node-local rank
 and refuses, on every rank and before NCCL is called, two ranks of one node
-on one GPU (which NCCL refuses, or hangs on). :class:`NcclBackend` is the thin adapter: arrays in,
-pointers out, nothing else. It has not run on a GPU from this repository's
-machines (``tests/test_nccl_backend.py`` holds its ``gpu`` tests).
+on one GPU (which NCCL refuses, or hangs on). :class:`NcclBackend` is the thin
+adapter: arrays in, pointers out, nothing else. It has not run on a GPU from
+this repository's machines (``tests/test_nccl_backend.py`` holds its ``gpu``
+tests).
 """
 import contextlib
 

@@ -44,13 +44,15 @@ class PureNcclCommunicator(PackedCommunicator):
 
     Byte counters: what this rank sends and receives under NCCL's ring
     algorithms (pipelined chains for reduce and broadcast), padding
-    included: see :class:`~chainerkfac.communicators.nccl_mapping.SegmentLayout`.
-    With the grouped mapping they equal ``'mpi'``'s.
+    included: see
+    :class:`~chainerkfac.communicators.nccl_mapping.SegmentLayout`. With the
+    grouped mapping they equal ``'mpi'``'s.
 
     Args:
         mpi_comm: an ``mpi4py.MPI.Comm`` (bootstrap, ChainerMN's methods).
-        nccl_backend: ``'nccl'`` (:class:`~chainerkfac.communicators.nccl_backend.NcclBackend`),
-            ``'mpi_emulation'`` (:class:`~chainerkfac.communicators.nccl_emulation.MpiNcclEmulation`),
+        nccl_backend: ``'nccl'``
+            (:class:`~chainerkfac.communicators.nccl_backend.NcclBackend`),
+            ``'mpi_emulation'`` (:class:`~.nccl_emulation.MpiNcclEmulation`),
             or an object implementing the interface.
         mapping (str): ``'auto'``, ``'grouped'`` or ``'padded'``.
     """

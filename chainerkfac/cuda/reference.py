@@ -172,9 +172,10 @@ def unit_fisher_inverse(fisher, damping, status, slot):
     read). Per channel, in the dtype: level 0 ``lam = damping``; level 1
     ``lam = base * 10^k``, ``k = 0 .. RECOVERY_TRIES - 1``, ``base =
     max(damping, RECOVERY_RELATIVE |a + c| / 2, RECOVERY_TINY)``
-    (:mod:`chainerkfac.linalg`); level 2 identity. Positive definite iff ``a + lam > 0``
-    and ``det > 0`` finite; inverse ``[[c', -b], [-b, a']] / det``.
-    ``status[slot] = max(status[slot], level)`` for the highest level above
+    (:mod:`chainerkfac.linalg`); level 2 identity. Positive definite iff
+    ``a + lam > 0`` and ``det > 0`` finite; inverse
+    ``[[c', -b], [-b, a']] / det``. ``status[slot] = max(status[slot], level)``
+    for the highest level above
     0. Returns a new ``(C, 2, 2)`` array.
     """
     t = fisher.dtype.type

@@ -28,8 +28,9 @@ class BatchAugmenter(object):
 
     Per example: a uniform random ``crop x crop`` window and a horizontal
     flip with probability 1/2, then ``(x - mean) / std``. Per batch, when
-    enabled: running mixup (:class:`~chainerkfac.datasets.transforms.RunningMixup`;
-    ``t`` becomes soft targets ``(N, n_class)``) and random erasing.
+    enabled: running mixup
+    (:class:`~chainerkfac.datasets.transforms.RunningMixup`; ``t`` becomes soft
+    targets ``(N, n_class)``) and random erasing.
 
     Args:
         crop_size (int): output side.

@@ -110,7 +110,8 @@ class FisherBlock(object):
     Attributes:
         name (str): path of the link in the model, e.g. ``'/res2/a/conv1'``.
         link (chainer.Link): the link.
-        ema (dict): statistic name -> EMA array (``None`` before the first step).
+        ema (dict): statistic name -> EMA array (``None`` before the first
+            step).
         inverse (dict): statistic name -> damped inverse used to precondition.
     """
 
@@ -157,7 +158,8 @@ class FisherBlock(object):
     # --- parameters --------------------------------------------------------
     @property
     def param_names(self):
-        """Names of the link's parameters, in the order of the block's vector."""
+        """Names of the link's parameters, in the order of the block's
+        vector."""
         raise NotImplementedError
 
     @property

@@ -1,4 +1,5 @@
-"""Fisher blocks of ``chainer.links.BatchNormalization`` (scale gamma, shift beta)."""
+"""Fisher blocks of ``chainer.links.BatchNormalization`` (scale gamma, shift
+beta)."""
 import numpy
 from chainer import backend
 

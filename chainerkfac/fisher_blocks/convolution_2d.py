@@ -1,4 +1,5 @@
-"""Fisher block of ``chainer.links.Convolution2D`` (KFC, Grosse & Martens 2016)."""
+"""Fisher block of ``chainer.links.Convolution2D`` (KFC, Grosse & Martens
+2016)."""
 from chainer import backend
 from chainer.utils import conv
 

@@ -1,4 +1,5 @@
-"""Kronecker-factored blocks: ``F ~= A (x) G`` for a weight matrix ``[W, b]``."""
+"""Kronecker-factored blocks: ``F ~= A (x) G`` for a weight matrix
+``[W, b]``."""
 import math
 
 from chainer import backend
@@ -37,7 +38,8 @@ def input_second_moment(patches, n_examples, with_bias):
 
 
 def output_second_moment(grads, scale):
-    """``G = scale * sum_j g_j g_j^T`` for the columns of a ``(D, M)`` array."""
+    """``G = scale * sum_j g_j g_j^T`` for the columns of a ``(D, M)``
+    array."""
     g = grads @ grads.T
     g *= scale
     return g

@@ -83,7 +83,7 @@ class DistributedKFAC(KFAC):
         comm_dtype (str): ``'float32'`` or ``'float16'`` (the paper's half
             precision) for stages 2 and 4; fp16 values are scaled by powers
             of two against overflow and underflow (see
-            :meth:`~chainerkfac.communicators.MpiCommunicator.reduce_scatter_v`);
+            :meth:`~.MpiCommunicator.reduce_scatter_v`);
             about 3 significant digits survive in gradients, factors and
             parameter steps.
         assignment (str): ``'balanced'`` (greedy by estimated inversion and

@@ -1,4 +1,5 @@
-"""Single-process K-FAC optimizer (Osawa et al., CVPR 2019; Martens & Grosse 2015)."""
+"""Single-process K-FAC optimizer (Osawa et al., CVPR 2019; Martens & Grosse
+2015)."""
 import logging
 import warnings
 
@@ -325,10 +326,11 @@ class KFAC(optimizer.GradientMethod):
         """Takes one step from the gradients in ``param.grad`` and the
         statistics captured by the blocks.
 
-        The stages of the paper, in order: :meth:`exchange_statistics_and_gradients`
-        (2), :meth:`update_curvature` and :meth:`update_parameters` (3),
-        :meth:`exchange_parameters` (4); between 3 and 4, :meth:`settle`
-        brings the step's device statuses to the host in one transfer.
+        The stages of the paper, in order:
+        :meth:`exchange_statistics_and_gradients` (2), :meth:`update_curvature`
+        and :meth:`update_parameters` (3), :meth:`exchange_parameters` (4);
+        between 3 and 4, :meth:`settle` brings the step's device statuses to
+        the host in one transfer.
         """
         self.reallocate_cleared_grads()
         with timed(self.timer, 'communication'):

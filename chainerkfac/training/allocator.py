@@ -1,30 +1,33 @@
-"""Keep glibc's freed heap memory in the process: no per-step page-fault churn on CPU.
+"""Keep glibc's freed heap memory in the process: no per-step page-fault churn
+on CPU.
 
-A CPU training step allocates and frees the same large buffers every step (Chainer's
-im2col columns, activations and their gradients, our statistics). By default glibc
-serves each allocation above its mmap threshold (128 KiB, rising dynamically to at
-most 32 MiB) with a fresh ``mmap`` and returns it with ``munmap`` on ``free``, and it
-trims the top of the heap once more than that is free: every step then faults all of
-those pages in again (and zeroes them) in the kernel. At batch 4096 that system time
-dominates the step.
+A CPU training step allocates and frees the same large buffers every step
+(Chainer's im2col columns, activations and their gradients, our statistics). By
+default glibc serves each allocation above its mmap threshold (128 KiB, rising
+dynamically to at most 32 MiB) with a fresh ``mmap`` and returns it with
+``munmap`` on ``free``, and it trims the top of the heap once more than that is
+free: every step then faults all of those pages in again (and zeroes them) in
+the kernel. At batch 4096 that system time dominates the step.
 
-:func:`configure_allocator` calls glibc's ``mallopt`` from inside the process (through
-``ctypes``; no re-exec, no environment variables) with what the environment variables
-``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<huge> MALLOC_TOP_PAD_=<1 GiB>`` would set:
+:func:`configure_allocator` calls glibc's ``mallopt`` from inside the process
+(through ``ctypes``; no re-exec, no environment variables) with what the
+environment variables
+``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<huge> MALLOC_TOP_PAD_=<1 GiB>``
+would set:
 
 - ``M_MMAP_MAX = 0``: every allocation comes from the heap, which is reused;
-- ``M_TRIM_THRESHOLD = -1``: the heap is never trimmed (mallopt(3): "-1 disables
-  trimming completely");
-- ``M_TOP_PAD = 1 GiB``: the heap grows in large steps (address space only: pages
-  are faulted in once, when first used).
+- ``M_TRIM_THRESHOLD = -1``: the heap is never trimmed (mallopt(3): "-1
+  disables trimming completely");
+- ``M_TOP_PAD = 1 GiB``: the heap grows in large steps (address space only:
+  pages are faulted in once, when first used).
 
 The price: the process keeps its peak heap size until it exits (freed memory is
 reused by the next step instead of going back to the system). Allocations made
 before the call keep their mmaps and are unmapped when freed; everything later
 comes from the heap, so calling it at the start of ``main()`` is enough.
 
-Harmless on a GPU run: it changes where *host* ``malloc`` memory comes from, nothing
-else. CuPy's device memory (its memory pool) and pinned host memory
+Harmless on a GPU run: it changes where *host* ``malloc`` memory comes from,
+nothing else. CuPy's device memory (its memory pool) and pinned host memory
 (``cudaHostAlloc``) do not go through ``malloc``; the host side of a GPU step
 allocates little. A no-op (returning False) where ``mallopt`` is not glibc's
 (macOS, musl, Windows) and when ``CHAINERKFAC_DEFAULT_ALLOCATOR=1`` is set (the

@@ -1,23 +1,26 @@
-"""``--gpu`` for every entry point: pick this process's GPU or stop with one line.
+"""``--gpu`` for every entry point: pick this process's GPU or stop with one
+line.
 
-``train_imagenet.py``, ``examples/train_fashion_mnist.py`` and the benchmarks all
-call :func:`select_gpu_or_exit`. Under MPI each rank takes its node-local device
-(``comm.intra_rank``); the ranks first agree (one ``allgather``) on whether all of
-them can, so that a node with too few GPUs stops every rank instead of leaving the
-others waiting in a collective. When any rank cannot, rank 0 prints ONE line naming
-the first rank's problem (CuPy missing, no CUDA device, fewer devices than local
-ranks, a CUDA library that CuPy cannot load, or a CuPy that Chainer 7.8.1 cannot
-use) and every rank exits with status 2.
+``train_imagenet.py``, ``examples/train_fashion_mnist.py`` and the benchmarks
+all call :func:`select_gpu_or_exit`. Under MPI each rank takes its node-local
+device (``comm.intra_rank``); the ranks first agree (one ``allgather``) on
+whether all of them can, so that a node with too few GPUs stops every rank
+instead of leaving the others waiting in a collective. When any rank cannot,
+rank 0 prints ONE line naming the first rank's problem (CuPy missing, no CUDA
+device, fewer devices than local ranks, a CUDA library that CuPy cannot load,
+or a CuPy that Chainer 7.8.1 cannot use) and every rank exits with status 2.
 
-cuDNN: Chainer 7.8.1 uses cuDNN only through ``cupy.cudnn``, which CuPy 14 no longer
-has; there convolutions run as im2col + cuBLAS and the cuDNN settings
-(``use_cudnn``, ``use_cudnn_tensor_core``) change nothing. cuBLAS uses Tensor Cores
-for fp16 products by itself; for TF32 products in float32, CuPy reads
-``CUPY_TF32=1`` from the environment when it is imported (set it before starting).
+cuDNN: Chainer 7.8.1 uses cuDNN only through ``cupy.cudnn``, which CuPy 14 no
+longer has; there convolutions run as im2col + cuBLAS and the cuDNN settings
+(``use_cudnn``, ``use_cudnn_tensor_core``) change nothing. cuBLAS uses Tensor
+Cores for fp16 products by itself; for TF32 products in float32, CuPy reads
+``CUPY_TF32=1`` from the environment when it is imported (set it before
+starting).
 
-Written and tested on a machine without a GPU: the failure paths are tested with
-stand-in CuPy modules; the success path (device selection, ``describe``) has not run
-on a GPU yet -- ``scripts/gpu_check.sh`` is the command that checks it on one.
+Written and tested on a machine without a GPU: the failure paths are tested
+with stand-in CuPy modules; the success path (device selection, ``describe``)
+has not run on a GPU yet -- ``scripts/gpu_check.sh`` is the command that checks
+it on one.
 """
 import warnings
 
@@ -159,7 +162,8 @@ def synchronize(device):
 
 def select_gpu_or_exit(prog, comm=None, allow_shared=False,
                        use_tensor_core=False, option='--gpu', stream=None):
-    """:func:`select_gpu`, or ONE line on stderr and exit status 2 on every rank.
+    """:func:`select_gpu`, or ONE line on stderr and exit status 2 on every
+    rank.
 
     The line is ``PROG: error: OPTION: no usable GPU: ...`` (``error (rank
     R)`` under MPI, R the first rank without one); only rank 0 prints it. Every
