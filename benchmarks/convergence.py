@@ -52,8 +52,8 @@ every run the summary (``summary.json``, ``summary.csv``, ``report.md``) and
 the plots (``acc_vs_steps.png``, ``acc_vs_wall.png``, ``final_vs_batch.png``,
 ``stale.png``) are rewritten.
 
-    .venv/bin/python benchmarks/convergence.py --quick   # < 15 min on 2 shared cores
-    .venv/bin/python benchmarks/convergence.py           # the study (~2 h here)
+    .venv/bin/python benchmarks/convergence.py --quick  # < 15 min, 2 cores
+    .venv/bin/python benchmarks/convergence.py          # the study (~2 h)
 
 The study (no flags): batch sizes 512, 2048, 8192, 32768; all 60,000 training
 and 10,000 test images; 6 epochs (703, 176, 44, 11 steps), a 1-epoch warm-up;
@@ -338,7 +338,8 @@ def rank_key(r):
 
 
 def best(records, method, batch):
-    runs = [r for r in records if r['method'] == method and r['batch'] == batch]
+    runs = [r for r in records
+            if r['method'] == method and r['batch'] == batch]
     return sorted(runs, key=rank_key)[0] if runs else None
 
 
@@ -370,7 +371,8 @@ def targets(records, batch_sizes):
     out = []
     for b in (8192, 32768):
         s, k = best(records, 'sgd', b), best(records, 'kfac', b)
-        name = 'B={}: K-FAC steps to 90% <= 0.15x best SGD, and less wall time'.format(b)
+        name = ('B={}: K-FAC steps to 90% <= 0.15x best SGD, and less wall '
+                'time'.format(b))
         if s is None or k is None:
             out.append(dict(target=name, status='not measured'))
             continue
@@ -382,9 +384,9 @@ def targets(records, batch_sizes):
             # SGD's steps to 90% are only known to exceed its run length
             steps_ok = ks <= 0.15 * s['steps']
             wall_ok = k['wall_to_90'] < s['train_seconds']
-            status = ('{}: SGD did not reach 90% in its {} steps, so its steps '
-                      'to 90% exceed {}; K-FAC needed {} ({} 0.15 x {} = {:.1f}); '
-                      'wall {}'.format(
+            status = ('{}: SGD did not reach 90% in its {} steps, so its '
+                      'steps to 90% exceed {}; K-FAC needed {} ({} 0.15 x {} '
+                      '= {:.1f}); wall {}'.format(
                           'met' if steps_ok and wall_ok else 'undetermined',
                           s['steps'], s['steps'], ks,
                           '<=' if steps_ok else '>', s['steps'],
@@ -398,7 +400,8 @@ def targets(records, batch_sizes):
                         sgd_wall_to_90=s['wall_to_90'],
                         kfac_steps_to_88=k['steps_to_88'],
                         sgd_steps_to_88=s['steps_to_88'],
-                        sgd_steps=s['steps'], sgd_train_seconds=s['train_seconds'],
+                        sgd_steps=s['steps'],
+                        sgd_train_seconds=s['train_seconds'],
                         ratio=(ks / ss if ks and ss else None)))
     name = 'final accuracy drop 512 -> 32768: K-FAC < SGD'
     finals = {}
@@ -461,9 +464,10 @@ def markdown_report(records, summary):
     """Every run and the targets as Markdown tables (``OUT/report.md``)."""
     def f(v, fmt='{}'):
         return '—' if v is None else fmt.format(v)
-    lines = ['| batch | method | peak lr | damping | steps (warm-up) | steps → 88 % '
-             '| wall → 88 % | steps → 90 % | wall → 90 % | best acc (step) '
-             '| final acc | refreshed (after warm-up) | training wall | s/step |',
+    lines = ['| batch | method | peak lr | damping | steps (warm-up) | steps '
+             '→ 88 % | wall → 88 % | steps → 90 % | wall → 90 % | best acc '
+             '(step) | final acc | refreshed (after warm-up) | training wall '
+             '| s/step |',
              '|' + '---|' * 14]
     order = {'sgd': 0, 'kfac': 1, 'kfac_stale': 2}
     for r in sorted(records, key=lambda r: (r['batch'], order[r['method']],
@@ -475,11 +479,13 @@ def markdown_report(records, summary):
             refreshed = '{:.3f} ({})'.format(
                 r['refresh_fraction'],
                 f(r['refresh_fraction_after_warmup'], '{:.3f}'))
-        lines.append('| {} | {}{} | {:.4g} | {} | {} ({}) | {} | {} | {} | {} | '
-                     '{:.4f} ({}) | {:.4f}{} | {} | {:.0f} s | {:.1f} |'.format(
+        lines.append('| {} | {}{} | {:.4g} | {} | {} ({}) | {} | {} | {} | {} '
+                     '| {:.4f} ({}) | {:.4f}{} | {} | {:.0f} s | {:.1f} |'
+                     .format(
                          r['batch'], METHOD_LABELS[r['method']],
                          ' (best)' if top else '', r['peak_lr'],
-                         f(r['damping'], '{:g}'), r['steps'], r['warmup_steps'],
+                         f(r['damping'], '{:g}'), r['steps'],
+                         r['warmup_steps'],
                          f(r['steps_to_88']), f(r['wall_to_88'], '{:.0f} s'),
                          f(r['steps_to_90']), f(r['wall_to_90'], '{:.0f} s'),
                          peak[3], peak[0], r['final_acc'],
@@ -489,8 +495,10 @@ def markdown_report(records, summary):
     for t in summary['targets']:
         extra = ', '.join('{} {}'.format(k, round(v, 4) if isinstance(v, float)
                                          else v)
-                          for k, v in t.items() if k not in ('target', 'status'))
-        lines.append('| {} | {} | {} |'.format(t['target'], t['status'], extra))
+                          for k, v in t.items()
+                          if k not in ('target', 'status'))
+        lines.append('| {} | {} | {} |'.format(t['target'], t['status'],
+                                               extra))
     return '\n'.join(lines) + '\n'
 
 
@@ -507,8 +515,10 @@ def format_summary(summary):
                          r['batch'], METHOD_LABELS[r['method']], r['runs'],
                          '{:.4g}'.format(r['peak_lr']),
                          f(r['damping'], '{:g}'), r['steps'],
-                         f(r['steps_to_88'], '{}'), f(r['wall_to_88'], '{:.0f}s'),
-                         f(r['steps_to_90'], '{}'), f(r['wall_to_90'], '{:.0f}s'),
+                         f(r['steps_to_88'], '{}'),
+                         f(r['wall_to_88'], '{:.0f}s'),
+                         f(r['steps_to_90'], '{}'),
+                         f(r['wall_to_90'], '{:.0f}s'),
                          '{:.4f}'.format(r['final_acc']),
                          f(r['refresh_fraction'], '{:.3f}')))
     lines.append('targets:')
@@ -593,7 +603,8 @@ def plot(out, records, batch_sizes):
                         color=styles[method][0], label=METHOD_LABELS[method])
             axes[1].bar(x + 0.38 * i, [r['train_seconds'] for r in rs], 0.36,
                         color=styles[method][0], label=METHOD_LABELS[method])
-        for ax, yl in zip(axes, ('final test accuracy', 'training wall time (s)')):
+        for ax, yl in zip(axes, ('final test accuracy',
+                                 'training wall time (s)')):
             ax.set_xticks(x + 0.19)
             ax.set_xticklabels([str(b) for b in stale])
             ax.set_xlabel('mini-batch')
@@ -646,8 +657,8 @@ def per_batch_floats(text, batch_sizes):
                              'BATCH:LR,LR;BATCH:LR)'.format(part))
     missing = [b for b in batch_sizes if b not in grid]
     if missing:
-        raise SystemExit('--sgd-lrs gives no learning rate for batch size(s) {}'
-                         .format(', '.join(map(str, missing))))
+        raise SystemExit('--sgd-lrs gives no learning rate for batch size(s) '
+                         '{}'.format(', '.join(map(str, missing))))
     return grid
 
 
@@ -682,8 +693,8 @@ def parse(argv=None):
     p.add_argument('--stale-batch-sizes',
                    help='batch sizes that get a stale run (default: all)')
     p.add_argument('--workers', type=int,
-                   help='runs trained at once, each in its own process with one '
-                   'BLAS thread (a Chainer CPU step uses about one core)')
+                   help='runs trained at once, each in its own process with '
+                   'one BLAS thread (a Chainer CPU step uses about one core)')
     p.add_argument('--no-plots', action='store_true')
     p.add_argument('--out', help='results folder (default benchmarks/results/'
                    'fidelity/convergence[_quick])')
@@ -812,8 +823,9 @@ def main(argv=None):
     args_dict = {k: v for k, v in vars(args).items()}
     plan = plan_runs(args, batch_sizes)
     n_runs = len(plan)
-    print('convergence: {} runs planned ({} train / {} test images, {} epochs, '
-          'batches {}, {} worker(s)); records in {}; {} already finished'.format(
+    print('convergence: {} runs planned ({} train / {} test images, {} '
+          'epochs, batches {}, {} worker(s)); records in {}; {} already '
+          'finished'.format(
               n_runs, len(data[0]), len(data[2]), args.epochs, batch_sizes,
               args.workers, args.out, len(records)), flush=True)
     started = time.time()
@@ -878,8 +890,8 @@ def main(argv=None):
                                            spec['batch'], spec['lr_ref'],
                                            spec['damping']), flush=True)
                     continue
-                print('[{}/{}] {} B={} lr_ref={} damping={} ({:.0f} s into this '
-                      'call)'.format(i + 1, n_runs, spec['method'],
+                print('[{}/{}] {} B={} lr_ref={} damping={} ({:.0f} s into '
+                      'this call)'.format(i + 1, n_runs, spec['method'],
                                      spec['batch'], spec['lr_ref'],
                                      spec['damping'], time.time() - started),
                       flush=True)

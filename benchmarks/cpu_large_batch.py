@@ -130,11 +130,13 @@ def child(model_key, steps, bn_modes, batchsize):
         rows=[r.result() for r in runners])), flush=True)
 
 
-def run_child(model_key, steps, batchsize, default_allocator, blas_threads=None):
+def run_child(model_key, steps, batchsize, default_allocator,
+              blas_threads=None):
     env = dict(os.environ)
     env.pop(allocator.OPT_OUT, None)
     if blas_threads:
-        env['OPENBLAS_NUM_THREADS'] = env['OMP_NUM_THREADS'] = str(blas_threads)
+        env['OPENBLAS_NUM_THREADS'] = env['OMP_NUM_THREADS'] = str(
+            blas_threads)
     if default_allocator:
         env[allocator.OPT_OUT] = '1'
     command = [sys.executable, os.path.abspath(__file__), '--child', model_key,
@@ -160,29 +162,33 @@ def label(allocator_configured, bn_patch):
 def report(results):
     """The table's lines and the acceptance lines."""
     head = '{:<10} {:>5} {:<10} {:<6} {:>7} {:>6} {:>9} {:>6}  {}'.format(
-        'model', 'batch', 'config', 'method', 's/step', 'before/', 'faults', 'sys s',
+        'model', 'batch', 'config', 'method', 's/step', 'before/', 'faults',
+        'sys s',
         ' '.join('{:>8}'.format(s[:8]) for s in STAGES))
     lines = [head]
     found = {}
     for res in results:
         for row in res['rows']:
-            key = (res['model'], label(res['allocator'], row['bn']), row['method'])
+            key = (res['model'], label(res['allocator'], row['bn']),
+                   row['method'])
             found[key] = dict(row, batchsize=res['batchsize'])
     for res in results:
         name, batchsize = MODELS[res['model']][0], res['batchsize']
         for row in res['rows']:
             config = label(res['allocator'], row['bn'])
             before = found.get((res['model'], 'before', row['method']))
-            speedup = before['seconds'] / row['seconds'] if before else float('nan')
-            lines.append('{:<10} {:>5} {:<10} {:<6} {:7.3f} {:6.2f}x {:9.0f} {:6.3f}  {}'
+            speedup = (before['seconds'] / row['seconds'] if before
+                       else float('nan'))
+            lines.append('{:<10} {:>5} {:<10} {:<6} {:7.3f} {:6.2f}x {:9.0f} '
+                         '{:6.3f}  {}'
                          .format(name, batchsize, config, row['method'],
                                  row['seconds'], speedup, row['faults'],
                                  row['system'],
                                  ' '.join('{:8.3f}'.format(row['stages'][s])
                                           for s in STAGES)))
     lines.append('s/step over the timed steps (first step of each untimed); '
-                 '"before/": the before row\'s s/step over this row\'s; faults: '
-                 'minor page faults per step; stages in s/step.')
+                 '"before/": the before row\'s s/step over this row\'s; '
+                 'faults: minor page faults per step; stages in s/step.')
     lines.append('peak RSS: ' + ', '.join(
         '{} {} {:.0f} MB'.format(MODELS[r['model']][0],
                                  'configured' if r['allocator'] else 'default',
@@ -202,17 +208,20 @@ def acceptance(found):
         b, a = get('cnn', 'before', method), get('cnn', '+alloc+BN', method)
         if b and a:
             ratio = b['seconds'] / a['seconds']
-            lines.append('DemoCNN batch {} {}: {:.2f} -> {:.2f} s/step, {:.2f}x '
-                         '(target >= 1.3x: {})'.format(
-                             a['batchsize'], method, b['seconds'], a['seconds'], ratio,
+            lines.append('DemoCNN batch {} {}: {:.2f} -> {:.2f} s/step, '
+                         '{:.2f}x (target >= 1.3x: {})'.format(
+                             a['batchsize'], method, b['seconds'],
+                             a['seconds'], ratio,
                              'met' if ratio >= 1.3 else 'NOT met'))
-    b, a = get('resnet20', 'before', 'K-FAC'), get('resnet20', '+alloc+BN', 'K-FAC')
+    b = get('resnet20', 'before', 'K-FAC')
+    a = get('resnet20', '+alloc+BN', 'K-FAC')
     if b and a:
         inv_b, inv_a = b['stages']['inversion'], a['stages']['inversion']
         ratio = INVERSION_BEFORE_LAPACK / inv_a
         lines.append('ResNet-20 inversion stage: {:.3f} s/step before LAPACK '
                      '(README) -> {:.3f} now: {:.1f}x (target >= 3x: {}); '
-                     'default allocator today {:.3f} -> {:.3f}: {:.2f}x'.format(
+                     'default allocator today {:.3f} -> {:.3f}: {:.2f}x'
+                     .format(
                          INVERSION_BEFORE_LAPACK, inv_a, ratio,
                          'met' if ratio >= 3 else 'NOT met', inv_b, inv_a,
                          inv_b / inv_a))
@@ -230,16 +239,18 @@ def main(argv=None):
     p.add_argument('--batch-cnn', type=int, default=MODELS['cnn'][1],
                    help='the CNN\'s batch size (4096; less for a quick check)')
     p.add_argument('--blas-threads', type=int, default=None,
-                   help='OPENBLAS_NUM_THREADS and OMP_NUM_THREADS of the children '
-                   '(default: inherited). On a loaded machine, stage times with '
-                   'multi-threaded BLAS vary up to 10x between runs')
+                   help='OPENBLAS_NUM_THREADS and OMP_NUM_THREADS of the '
+                   'children (default: inherited). On a loaded machine, stage '
+                   'times with multi-threaded BLAS vary up to 10x between '
+                   'runs')
     p.add_argument('--child', choices=sorted(MODELS), help=argparse.SUPPRESS)
     p.add_argument('--steps', type=int, help=argparse.SUPPRESS)
     p.add_argument('--bn', default='off,on', help=argparse.SUPPRESS)
     p.add_argument('--batchsize', type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        allocator.configure_allocator()   # unless CHAINERKFAC_DEFAULT_ALLOCATOR=1
+        # unless CHAINERKFAC_DEFAULT_ALLOCATOR=1
+        allocator.configure_allocator()
         child(args.child, args.steps,
               [mode == 'on' for mode in args.bn.split(',')], args.batchsize)
         return
@@ -250,8 +261,8 @@ def main(argv=None):
         for default_allocator in (True, False):
             results.append(run_child(key, steps, batchsize, default_allocator,
                                      args.blas_threads))
-    print('CPU, one process per child, glibc {}, BLAS threads: {}; K-FAC every '
-          'step {}'.format(allocator.glibc_version(),
+    print('CPU, one process per child, glibc {}, BLAS threads: {}; K-FAC '
+          'every step {}'.format(allocator.glibc_version(),
                            args.blas_threads or os.environ.get(
                                'OPENBLAS_NUM_THREADS', 'default'),
                            step_time.KFAC_SETTINGS))

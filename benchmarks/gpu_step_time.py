@@ -83,7 +83,8 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    allocator.configure_allocator()   # host malloc only: the CPU smoke run and the loaders
+    # host malloc only: the CPU smoke run and the loaders
+    allocator.configure_allocator()
     args = parse_args(argv)
     device = None
     if not args.cpu_smoke:

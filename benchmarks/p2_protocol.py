@@ -241,7 +241,8 @@ def _train_in_worker(spec):
 def parse_variant(text):
     name, sep, settings = text.partition('=')
     if not sep or not name:
-        raise SystemExit('--variant: expected NAME=JSON, got {!r}'.format(text))
+        raise SystemExit('--variant: expected NAME=JSON, got {!r}'.format(
+            text))
     try:
         settings = json.loads(settings)
     except ValueError as e:

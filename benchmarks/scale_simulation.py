@@ -456,7 +456,8 @@ def slope(xs, ys, points=3):
 
 
 TIME_KEYS = ('setup_s', 'comm_s', 'agree_s', 'bcast_s', 'sync_rest_s',
-             'assign_s', 'lists_s', 'plan_s', 'stage2_s', 'stage4_s', 'apply_s')
+             'assign_s', 'lists_s', 'plan_s', 'stage2_s', 'stage4_s',
+             'apply_s')
 MAX_KEYS = ('setup_peak', 'step_peak', 'plans_built', 'cold_plans_built',
             'init_bytes', 'agree_bytes', 'bcast_bytes', 'sent')
 

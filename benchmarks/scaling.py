@@ -39,9 +39,10 @@ package's default). A "stale" column scales statistics, inversion and the
 factors' share of stage 2 by ``--refresh`` (0.33: the README's measured
 fraction).
 
-    .venv/bin/python benchmarks/scaling.py                     # ~3-5 min here
-    .venv/bin/python benchmarks/scaling.py --procs 1,2 --steps 2 --batch 16   # tiny
-    .venv/bin/python benchmarks/scaling.py --no-measure        # the model only
+    .venv/bin/python benchmarks/scaling.py                  # ~3-5 min here
+    .venv/bin/python benchmarks/scaling.py --no-measure     # the model only
+    # tiny:
+    .venv/bin/python benchmarks/scaling.py --procs 1,2 --steps 2 --batch 16
 
 Writes ``OUT/scaling.json``, ``OUT/measured.csv``, ``OUT/model.csv`` and
 ``OUT/scaling_model.png`` (default ``benchmarks/results/fidelity/scaling``).
@@ -69,11 +70,13 @@ from chainerkfac import fisher_blocks  # NOQA: E402
 from chainerkfac.optimizers.traffic import planned_step_traffic  # NOQA: E402
 from chainerkfac.profiling import STAGES  # NOQA: E402
 
-DEFAULT_OUT = os.path.join(ROOT, 'benchmarks', 'results', 'fidelity', 'scaling')
+DEFAULT_OUT = os.path.join(ROOT, 'benchmarks', 'results', 'fidelity',
+                           'scaling')
 RESULT = 'SCALING_RESULT '
 MPIEXEC = os.path.join(os.path.dirname(sys.executable), 'mpiexec')
 MODEL_STAGES = ('forward_backward', 'statistics', 'inversion',
-                'preconditioning', 'reduce_scatter', 'all_gather', 'allreduce_bn')
+                'preconditioning', 'reduce_scatter', 'all_gather',
+                'allreduce_bn')
 
 
 # --- measured ----------------------------------------------------------------
@@ -114,7 +117,8 @@ def worker(steps, batch):
     gathered = comm.mpi_comm.gather(rows, root=0)
     if rank == 0:
         stages = list(STAGES) + ['total']
-        per_stage = {s: float(numpy.mean([max(r[i].get(s, 0.0) for r in gathered)
+        per_stage = {s: float(numpy.mean([max(r[i].get(s, 0.0)
+                                              for r in gathered)
                                           for i in range(steps)]))
                      for s in stages}
         print(RESULT + json.dumps(dict(procs=size, batch_per_proc=batch,
@@ -127,16 +131,17 @@ def measure(procs, steps, batch, timeout):
     for n in procs:
         env = dict(os.environ, OMP_NUM_THREADS='1', OPENBLAS_NUM_THREADS='1',
                    PYTHONUNBUFFERED='1')
-        cmd = [MPIEXEC, '-n', str(n), sys.executable, os.path.abspath(__file__),
-               '--worker', '--steps', str(steps), '--batch', str(batch)]
-        print('measuring: {}'.format(' '.join(cmd[:3] + ['python',
-                                                         'scaling.py'] + cmd[4:])),
-              flush=True)
+        cmd = [MPIEXEC, '-n', str(n), sys.executable,
+               os.path.abspath(__file__), '--worker', '--steps', str(steps),
+               '--batch', str(batch)]
+        print('measuring: {}'.format(' '.join(
+            cmd[:3] + ['python', 'scaling.py'] + cmd[4:])), flush=True)
         start = time.time()
         proc = subprocess.run(cmd, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, env=env, timeout=timeout,
-                              universal_newlines=True)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT)]
+                              stderr=subprocess.STDOUT, env=env,
+                              timeout=timeout, universal_newlines=True)
+        lines = [ln for ln in proc.stdout.splitlines()
+                 if ln.startswith(RESULT)]
         if proc.returncode != 0 or not lines:
             raise SystemExit('mpiexec -n {} failed ({}):\n{}'.format(
                 n, proc.returncode, proc.stdout[-3000:]))
@@ -170,13 +175,15 @@ def resnet50_plan(bn_fisher='full'):
     numpy.random.seed(0)
     model = resnet.ResNet50()
     hook = _Shapes()
-    with chainer.using_config('train', False), chainer.no_backprop_mode(), hook:
+    with chainer.using_config('train', False), \
+            chainer.no_backprop_mode(), hook:
         model(numpy.zeros((1, 3, 224, 224), numpy.float32))
     blocks, _ = fisher_blocks.create_fisher_blocks(model, bn_fisher)
     plan = []
     for b in blocks:
         dims = b.inverted_dims()
-        entry = dict(name=b.name, dims=dims, cost=assignment_module.block_cost(b),
+        entry = dict(name=b.name, dims=dims,
+                     cost=assignment_module.block_cost(b),
                      kind=type(b).__name__, T=1, fwd=0.0, stats_per_image=0.0)
         if len(dims) == 2 and not isinstance(b.link, L.BatchNormalization):
             d_in, d_out = dims
@@ -249,14 +256,16 @@ def run_model(ranks, hw, refresh):
     for P in ranks:
         every, info = model_step(model, plan, P, hw)
         stale, _ = model_step(model, plan, P, hw, refresh)
-        comm = every['reduce_scatter'] + every['all_gather'] + every['allreduce_bn']
+        comm = (every['reduce_scatter'] + every['all_gather']
+                + every['allreduce_bn'])
         rows.append(dict(procs=P, global_batch=P * hw['batch'], stages=every,
                          total=sum(every.values()),
                          stale_total=sum(stale.values()),
                          sgd_total=every['forward_backward'] +
                          2 * (P - 1) * hw['alpha'] +
                          2 * (P - 1) * 25.6e6 * 4 / P / hw['beta'],
-                         comm=comm, dominant=max(every, key=every.get), **info))
+                         comm=comm, dominant=max(every, key=every.get),
+                         **info))
     return plan, rows
 
 
@@ -285,10 +294,12 @@ def write(out, measured, plan, rows, hw, refresh):
                    ['reduce_scatter_bytes', 'all_gather_bytes',
                     'ranks_owning_blocks', 'dominant'])
         for r in rows:
-            w.writerow([r['procs'], r['global_batch'], '{:.4f}'.format(r['total']),
+            w.writerow([r['procs'], r['global_batch'],
+                        '{:.4f}'.format(r['total']),
                         '{:.4f}'.format(r['stale_total']),
                         '{:.4f}'.format(r['sgd_total'])] +
-                       ['{:.4f}'.format(r['stages'][s]) for s in MODEL_STAGES] +
+                       ['{:.4f}'.format(r['stages'][s])
+                        for s in MODEL_STAGES] +
                        [r['rs_bytes'], r['ag_bytes'], r['owners_with_blocks'],
                         r['dominant']])
     try:
@@ -353,9 +364,9 @@ def report(measured, rows, hw):
             lines.append('{:>5} {:7.3f}  {}'.format(
                 m['procs'], m['stages']['total'], ' '.join(
                     '{:9.3f}'.format(m['stages'][s]) for s in STAGES)))
-    lines.append('model: ResNet-50, {} images/process; {:.1f} TFLOP/s x {:.0%} '
-                 '(GEMM) / {:.0%} (inversion); ring collectives alpha {:.0f} us, '
-                 'beta {:.2f} GB/s per process; ms/step:'.format(
+    lines.append('model: ResNet-50, {} images/process; {:.1f} TFLOP/s x '
+                 '{:.0%} (GEMM) / {:.0%} (inversion); ring collectives alpha '
+                 '{:.0f} us, beta {:.2f} GB/s per process; ms/step:'.format(
                      hw['batch'], hw['tflops'], hw['gemm_eff'], hw['inv_eff'],
                      hw['alpha'] * 1e6, hw['beta'] / 1e9))
     lines.append('{:>5} {:>8} {:>7} {:>7} {:>6}  {}  {}'.format(
@@ -373,7 +384,8 @@ def report(measured, rows, hw):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--procs', default='1,2,4')
-    p.add_argument('--steps', type=int, default=3, help='timed steps (+1 untimed)')
+    p.add_argument('--steps', type=int, default=3,
+                   help='timed steps (+1 untimed)')
     p.add_argument('--batch', type=int, default=256, help='images per process')
     p.add_argument('--timeout', type=int, default=900)
     p.add_argument('--no-measure', action='store_true')

@@ -51,7 +51,8 @@ FULL = dict(batch_sizes=(8192, 2048, 512), epochs=6.0, train_limit=None,
 QUICK = dict(batch_sizes=(64, 32), epochs=1.0, train_limit=512,
              test_limit=200, evals=3, warmup_epochs=0.25, micro_batch=32)
 KFAC_LR, KFAC_DAMPING = 0.1, 0.01
-TARGET_POINTS, MAX_REFRESH, MAX_REFRESH_AFTER, MAX_SGD_RATIO = 0.3, 0.5, 0.3, 1.15
+TARGET_POINTS, MAX_REFRESH, MAX_REFRESH_AFTER = 0.3, 0.5, 0.3
+MAX_SGD_RATIO = 1.15
 
 
 def spec(preset, method, batch, seed, cov_ema_decay):
@@ -126,12 +127,14 @@ def summarize(records, preset, groups):
                                       for _, s in pairs),
                 sgd_step_time=_mean(r.get('seconds_per_step_after_warmup')
                                     for r in sgd))
-            row['diff_points'] = 100 * (row['stale_final'] - row['every_final'])
+            row['diff_points'] = 100 * (row['stale_final']
+                                        - row['every_final'])
             ratio = (row['stale_step_time'] / row['sgd_step_time']
                      if row['stale_step_time'] and row['sgd_step_time']
                      else None)
             row['stale_vs_sgd'] = ratio
-            row['every_vs_sgd'] = (row['every_step_time'] / row['sgd_step_time']
+            row['every_vs_sgd'] = (row['every_step_time']
+                                   / row['sgd_step_time']
                                    if row['every_step_time'] and
                                    row['sgd_step_time'] else None)
             status = {
@@ -156,10 +159,10 @@ def summarize(records, preset, groups):
 def markdown(rows, records):
     def f(v, fmt):
         return '—' if v is None else fmt.format(v)
-    lines = ['| batch | cov_ema_decay | seeds | every-step final | stale final '
-             '| stale − every (points) | stale diverged | refreshed | after '
-             'warm-up | wall stale / every | s/step stale / SGD (every / SGD) '
-             '| targets missed |', '|' + '---|' * 12]
+    lines = ['| batch | cov_ema_decay | seeds | every-step final | stale '
+             'final | stale − every (points) | stale diverged | refreshed | '
+             'after warm-up | wall stale / every | s/step stale / SGD (every '
+             '/ SGD) | targets missed |', '|' + '---|' * 12]
     for r in rows:
         missed = [k for k, ok in r['targets'].items() if ok is False]
         lines.append('| {} | {} | {} | {} | {} | {:+.2f} | {} | {} | {} | '
@@ -298,11 +301,11 @@ def main(argv=None):
             convergence.append_record(args.out, record)
             records[record['key']] = record
             write(args.out, records, preset, args.groups, not args.no_plots)
-            print('done {} B={} seed {} r={}: final {:.4f}{} ({:.0f} s)'.format(
-                record['method'], record['batch'], record['seed'],
-                record['cov_ema_decay'], record['final_acc'],
-                ' DIVERGED' if record['diverged'] else '',
-                time.time() - started), flush=True)
+            print('done {} B={} seed {} r={}: final {:.4f}{} ({:.0f} s)'
+                  .format(record['method'], record['batch'], record['seed'],
+                          record['cov_ema_decay'], record['final_acc'],
+                          ' DIVERGED' if record['diverged'] else '',
+                          time.time() - started), flush=True)
     finally:
         pool.shutdown()
     rows = write(args.out, records, preset, args.groups, not args.no_plots)

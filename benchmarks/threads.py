@@ -21,8 +21,9 @@ the process's CPU time over wall time (above 1: threads busy at once). Then the
 ratios the acceptance asks for: two ranks, default over configured (at least
 5); one process, configured against the better of 1 and 2 threads (no slower).
 
-    .venv/bin/python benchmarks/threads.py [--steps 120] [--warmup 10] [--repeats 4]
-        [--out benchmarks/results/threads_<date>.md] [--note 'what else ran']
+    .venv/bin/python benchmarks/threads.py [--steps 120] [--warmup 10] \\
+        [--repeats 4] [--out benchmarks/results/threads_<date>.md] \\
+        [--note 'what else ran']
 
 About two minutes on the 2-core development machine. Every child has a timeout.
 """
@@ -73,7 +74,8 @@ def child(args):
     else:
         opt = chainerkfac.DistributedKFAC(comm, **settings)
     opt.setup(model)
-    x, t = load_fashion_mnist('train', limit=args.steps * args.batchsize * size)
+    x, t = load_fashion_mnist('train',
+                              limit=args.steps * args.batchsize * size)
 
     def lossfun(x, t):
         return F.softmax_cross_entropy(model(x), t)
@@ -85,7 +87,8 @@ def child(args):
             cpu0, wall0 = usage.ru_utime + usage.ru_stime, time.perf_counter()
         lo = (i * size + rank) * args.batchsize
         start = time.perf_counter()
-        opt.update(lossfun, x[lo:lo + args.batchsize], t[lo:lo + args.batchsize])
+        opt.update(lossfun, x[lo:lo + args.batchsize],
+                   t[lo:lo + args.batchsize])
         times.append(time.perf_counter() - start)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu = usage.ru_utime + usage.ru_stime - cpu0
@@ -101,20 +104,23 @@ def child(args):
 def run_child(args, ranks, blas_threads, timeout):
     """One configuration in fresh processes; its RESULT, or {'error': ...}."""
     env = dict(os.environ, PYTHONUNBUFFERED='1',
-               PYTHONPATH=os.pathsep.join([ROOT, os.environ.get('PYTHONPATH', '')]))
+               PYTHONPATH=os.pathsep.join(
+                   [ROOT, os.environ.get('PYTHONPATH', '')]))
     for name in ('OPENBLAS_NUM_THREADS', 'GOTO_NUM_THREADS', 'OMP_NUM_THREADS',
                  'MKL_NUM_THREADS', 'BLIS_NUM_THREADS'):
         env.pop(name, None)
-    cmd = [sys.executable, '-W', 'ignore', os.path.abspath(__file__), '--child',
-           '--ranks', str(ranks), '--blas-threads', str(blas_threads),
+    cmd = [sys.executable, '-W', 'ignore', os.path.abspath(__file__),
+           '--child', '--ranks', str(ranks), '--blas-threads',
+           str(blas_threads),
            '--steps', str(args.steps), '--warmup', str(args.warmup),
            '--batchsize', str(args.batchsize)]
     if ranks > 1:
         mpiexec = os.path.join(os.path.dirname(sys.executable), 'mpiexec')
         cmd = [mpiexec, '-n', str(ranks)] + cmd
     try:
-        out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             env=env, timeout=timeout, universal_newlines=True)
+        out = subprocess.run(cmd, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, env=env,
+                             timeout=timeout, universal_newlines=True)
     except subprocess.TimeoutExpired:
         return {'error': 'timed out after {} s'.format(timeout)}
     for line in out.stdout.splitlines():
@@ -159,12 +165,14 @@ def cpu_model():
 
 def configurations(cores):
     """(label, ranks, blas_threads) in the order they run."""
-    rows = [('1 process, default ({} threads = cores)'.format(cores), 1, cores),
+    rows = [('1 process, default ({} threads = cores)'.format(cores), 1,
+             cores),
             ('1 process, 1 thread', 1, 1)]
     if cores != 2:
         rows.append(('1 process, 2 threads', 1, 2))
     rows += [('1 process, configured', 1, 'auto'),
-             ('2 ranks, default ({} threads each = cores)'.format(cores), 2, cores),
+             ('2 ranks, default ({} threads each = cores)'.format(cores), 2,
+              cores),
              ('2 ranks, configured', 2, 'auto')]
     return rows
 
@@ -175,8 +183,8 @@ def main(argv=None):
                    help='a few seconds of steps per run, so that a burst of '
                    'load elsewhere does not decide a run')
     p.add_argument('--warmup', type=int, default=10,
-                   help='untimed first steps (stale K-FAC refreshes everything '
-                   'in its first 5)')
+                   help='untimed first steps (stale K-FAC refreshes '
+                   'everything in its first 5)')
     p.add_argument('--batchsize', type=int, default=BATCHSIZE,
                    help='per process')
     p.add_argument('--repeats', type=int, default=4)
@@ -214,20 +222,23 @@ def main(argv=None):
 
     def median(label):
         ok = [r['seconds'] for r in results[label] if 'error' not in r]
-        return statistics.median(ok) if len(ok) == len(results[label]) else None
+        return (statistics.median(ok) if len(ok) == len(results[label])
+                else None)
 
     lines = ['# BLAS threads: default vs configured ({})'.format(
-                 datetime.datetime.utcnow().strftime('%Y-%m-%d %H:%M UTC')), '',
+                 datetime.datetime.utcnow().strftime('%Y-%m-%d %H:%M UTC')),
+             '',
              '`.venv/bin/python benchmarks/threads.py {}`'.format(' '.join(
                  shlex.quote(a) for a in (argv if argv is not None
                                           else sys.argv[1:]))), '',
              'SmallCNN, Fashion-MNIST, batch {} per process, stale K-FAC '
-             '(defaults, lr 0.02, damping 1e-3, bn_fisher unit), {} steps, mean '
-             'of steps {}-{}; {} run{} per configuration, interleaved.'.format(
+             '(defaults, lr 0.02, damping 1e-3, bn_fisher unit), {} steps, '
+             'mean of steps {}-{}; {} run{} per configuration, interleaved.'
+             .format(
                  args.batchsize, args.steps, args.warmup + 1, args.steps,
                  args.repeats, '' if args.repeats == 1 else 's'),
-             '{} cores ({}), Python {}; load average {:.2f} before, {:.2f} after '
-             '(1 min); {:.0f} s in all.'.format(
+             '{} cores ({}), Python {}; load average {:.2f} before, {:.2f} '
+             'after (1 min); {:.0f} s in all.'.format(
                  cores, cpu_model(),
                  platform.python_version(), load_before[0], load_after[0],
                  elapsed), '',
@@ -243,14 +254,17 @@ def main(argv=None):
         ok = [r for r in runs if 'error' not in r]
         lines.append('| {} | {} | {} | {} | {} |'.format(
             label,
-            ', '.join(sorted({'/'.join(map(str, r['pools'])) for r in ok})) or '-',
+            ', '.join(sorted({'/'.join(map(str, r['pools']))
+                              for r in ok})) or '-',
             ', '.join(r.get('error') or '{:.4f}'.format(r['seconds'])
                       for r in runs),
             '-' if median(label) is None else '{:.4f}'.format(median(label)),
             ', '.join('{:.2f}'.format(r['cpu_per_wall']) for r in ok) or '-'))
-    messages = sorted({r['message'] for label, _, _ in rows if 'configured' in label
+    messages = sorted({r['message'] for label, _, _ in rows
+                       if 'configured' in label
                        for r in results[label] if 'error' not in r})
-    lines += [''] + ['Configured runs logged: `{}`'.format(m) for m in messages]
+    lines += [''] + ['Configured runs logged: `{}`'.format(m)
+                     for m in messages]
 
     def ratio(a, b):
         return None if a is None or b is None else a / b
@@ -259,9 +273,10 @@ def main(argv=None):
     two_default = median(rows[-2][0])
     two_conf = median('2 ranks, configured')
     r2 = ratio(two_default, two_conf)
-    lines.append('- 2 ranks: default / configured = {} (acceptance: at least 5x): '
-                 '{}'.format('-' if r2 is None else '{:.1f}x'.format(r2),
-                             'met' if r2 is not None and r2 >= 5 else 'NOT met'))
+    lines.append('- 2 ranks: default / configured = {} (acceptance: at least '
+                 '5x): {}'.format(
+                     '-' if r2 is None else '{:.1f}x'.format(r2),
+                     'met' if r2 is not None and r2 >= 5 else 'NOT met'))
     one = {1: median('1 process, 1 thread'),
            2: median('1 process, 2 threads' if cores != 2 else rows[0][0])}
     conf = median('1 process, configured')
@@ -272,17 +287,17 @@ def main(argv=None):
         same = conf_threads == {best}
         r1 = conf / one[best]
         lines.append(
-            '- 1 process: configured / better of 1 and 2 threads ({} thread{}: '
-            '{:.4f}) = {:.2f}; 1 thread vs 2: {:.2f}x faster (acceptance: no '
-            'slower): {}'.format(
+            '- 1 process: configured / better of 1 and 2 threads ({} '
+            'thread{}: {:.4f}) = {:.2f}; 1 thread vs 2: {:.2f}x faster '
+            '(acceptance: no slower): {}'.format(
                 best, '' if best == 1 else 's', one[best], r1,
                 one[2] / one[1],
                 'met' if r1 <= 1.0 or same else 'NOT met'))
         if same:
             lines.append('  (configured chose {} thread{}, the better row\'s '
                          'count: the same configuration, so their difference '
-                         'is run-to-run noise)'.format(best,
-                                                       '' if best == 1 else 's'))
+                         'is run-to-run noise)'.format(
+                             best, '' if best == 1 else 's'))
     else:
         lines.append('- 1 process: a run failed; no ratio')
     report = '\n'.join(lines) + '\n'

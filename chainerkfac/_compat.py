@@ -208,16 +208,16 @@ def _check_chainer_version():
         return  # not installed: `import chainer` gives its own error
     if not found.startswith(_SUPPORTED_CHAINER):
         raise ImportError(
-            'chainerkfac runs Chainer on NumPy %s only for Chainer 7.8.1, found '
-            'Chainer %s: install chainer==7.8.1' % (numpy.__version__, found))
+            'chainerkfac runs Chainer on NumPy %s only for Chainer 7.8.1, '
+            'found Chainer %s: install chainer==7.8.1' % (numpy.__version__, found))
 
 
 def _check_pkg_resources():
     if not _importable('pkg_resources'):
         raise ImportError(
-            "Chainer 7.8.1 imports pkg_resources (chainer/_environment_check.py, "
-            "chainer.testing), which setuptools 82 removed: "
-            "pip install 'setuptools<82'")
+            "Chainer 7.8.1 imports pkg_resources "
+            "(chainer/_environment_check.py, chainer.testing), which "
+            "setuptools 82 removed: pip install 'setuptools<82'")
 
 
 def patch_numpy_for_chainer():
@@ -470,8 +470,9 @@ def patch_batch_normalization(module=None):
                                         _float64_ggamma_and_gbeta)):
         method = getattr(impl, attr, None)
         if method is None:  # pragma: no cover (a Chainer other than 7.8)
-            warnings.warn('chainerkfac._compat: %s.GeneralBatchNormalizationImpl.%s '
-                          'not found: BatchNormalization left unpatched'
+            warnings.warn('chainerkfac._compat: '
+                          '%s.GeneralBatchNormalizationImpl.%s not found: '
+                          'BatchNormalization left unpatched'
                           % (_BATCH_NORMALIZATION, attr))
             continue
         if getattr(method, _PATCHED, False):

@@ -351,8 +351,8 @@ def test_chainermn_patches_applied_on_import_and_idempotent():
 
 
 @pytest.mark.skipif(NUMPY2 or sys.version_info >= (3, 12),
-                    reason='ChainerMN imports before chainerkfac only where Chainer '
-                           'runs unpatched (NumPy 1, Python <= 3.11)')
+                    reason='ChainerMN imports before chainerkfac only where '
+                           'Chainer runs unpatched (NumPy 1, Python <= 3.11)')
 def test_chainermn_imported_first_is_patched_at_chainerkfac_import():
     out = _python('''
         from chainermn.communicators import _memory_utility as m
@@ -373,7 +373,8 @@ def _write_carray(tmp_path, label, text):
 def _cupy_include():
     cupy = _cupy_or_none()
     if cupy is None:
-        pytest.skip('CuPy is not installed (its headers are tested in .venv-numpy2)')
+        pytest.skip('CuPy is not installed (its headers are tested in '
+                    '.venv-numpy2)')
     return os.path.join(os.path.dirname(cupy.__file__), '_core', 'include'), cupy
 
 
@@ -540,10 +541,11 @@ def test_gpu_skip_reason_names_what_is_missing():
     elif reason is None:  # pragma: no cover (a GPU machine)
         assert cupy.is_available()
     elif int(cupy.__version__.split('.')[0]) >= 14:  # no driver: False
-        assert reason == ('no CUDA device (CuPy %s imports, cupy.is_available() is '
-                          'False)' % cupy.__version__)
+        assert reason == ('no CUDA device (CuPy %s imports, '
+                          'cupy.is_available() is False)' % cupy.__version__)
     else:  # CuPy 13 without a driver: raises at the first call (False after)
-        assert reason.startswith('no CUDA device (CuPy %s: cupy.is_available() raised '
+        assert reason.startswith('no CUDA device (CuPy %s: '
+                                 'cupy.is_available() raised '
                                  % cupy.__version__)
 
 

@@ -15,7 +15,8 @@ ROOT = fashion_mnist.DEFAULT_ROOT
 
 requires_data = pytest.mark.skipif(
     not os.path.isdir(ROOT),
-    reason='Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)')
+    reason='Fashion-MNIST not installed (apt-get install '
+           'dataset-fashion-mnist)')
 
 
 def _write_idx(path, magic, shape, payload):

@@ -60,7 +60,8 @@ KFAC_SETTINGS = dict(lr=0.03, momentum=0.9, damping=1e-3, cov_ema_decay=0.1)
 
 pytestmark = pytest.mark.skipif(
     not os.path.isdir(fashion_mnist.DEFAULT_ROOT),
-    reason='Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)')
+    reason='Fashion-MNIST not installed (apt-get install '
+           'dataset-fashion-mnist)')
 
 
 class Classifier(chainer.Chain):

@@ -151,7 +151,8 @@ def test_one_line_in_the_log_once(clean, caplog):
     assert records[0].levelno == logging.INFO
     assert '\n' not in records[0].getMessage()
     assert records[0].getMessage() == first.message
-    assert first.message.startswith('chainerkfac: BLAS threads set to {} per library '
+    assert first.message.startswith('chainerkfac: BLAS threads set to {} per '
+                                    'library '
                                     "({} BLAS librar".format(first.threads, pools()))
     assert "on this process's 2 cores" in first.message
 

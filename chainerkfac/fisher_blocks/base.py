@@ -190,9 +190,9 @@ class FisherBlock(object):
     def capture_forward(self, function, in_data):
         if self._forward_seen:
             raise RuntimeError(
-                'chainerkfac: link {} was called more than once in one update; '
-                'K-FAC blocks do not support weight sharing (exclude=[{!r}] '
-                'gives it momentum SGD)'.format(self.name, self.name))
+                'chainerkfac: link {} was called more than once in one '
+                'update; K-FAC blocks do not support weight sharing '
+                '(exclude=[{!r}] gives it momentum SGD)'.format(self.name, self.name))
         self._forward_seen = True
         self.forward(function, in_data)
 
