@@ -119,3 +119,57 @@ def test_eigen_training_resumes_exactly(rng, tmp_path):
 def test_inverse_argument():
     with pytest.raises(ValueError, match="inverse must be one of"):
         KFAC(inverse='lu')
+
+
+def test_kl_clip_scale_is_the_formula(rng):
+    """nu = min(1, sqrt(kappa / (lr^2 sum(Delta . g)))): the parameters move
+    by nu times the unclipped first step (momentum starts at 0), Delta the
+    preconditioned gradient of each block and the gradient of a parameter
+    without a block, all computed here by hand."""
+    import chainer.functions as F
+
+    class Net(chainer.Chain):
+        def __init__(self):
+            super(Net, self).__init__()
+            with self.init_scope():
+                self.l1 = L.Linear(4, 3)
+                self.emb = L.Bias(shape=(3,))     # no Fisher block
+                self.l2 = L.Linear(3, 2)
+
+        def forward(self, x, t):
+            return F.softmax_cross_entropy(
+                self.l2(F.tanh(self.emb(self.l1(x)))), t)
+    x = rng.randn(16, 4)
+    t = rng.randint(0, 2, 16).astype(numpy.int32)
+    lr, kappa = 0.5, 1e-4
+    runs = {}
+    for clip in (None, kappa):
+        numpy.random.seed(1)
+        with chainer.using_config('dtype', numpy.float64):
+            model = Net()
+        opt = KFAC(lr=lr, momentum=0.9, damping=1e-2, kl_clip=clip,
+                   stale=False)
+        with pytest.warns(UserWarning):
+            opt.setup(model)
+        before = {k: p.array.copy() for k, p in model.namedparams()}
+        summary = {}
+        with chainer.Reporter().scope(summary):
+            opt.update(model, x, t)
+        runs[clip] = ({k: p.array - before[k]
+                       for k, p in model.namedparams()},
+                      {k: p.grad.copy() for k, p in model.namedparams()},
+                      summary)
+    steps, grads, _ = runs[None]
+    # unclipped first step: -lr Delta, so Delta = -step / lr
+    s = sum(float((-steps[k] / lr * grads[k]).sum()) for k in steps)
+    nu = min(1.0, numpy.sqrt(kappa / (lr ** 2 * s)))
+    assert nu < 1                                  # the bound is active
+    clipped, _, summary = runs[kappa]
+    assert summary['kfac/kl_scale'] == pytest.approx(nu, rel=1e-9)
+    for k in steps:
+        numpy.testing.assert_allclose(clipped[k], nu * steps[k], rtol=1e-9)
+
+
+def test_kl_clip_argument():
+    with pytest.raises(ValueError, match='kl_clip must be > 0'):
+        KFAC(kl_clip=0)

@@ -21,6 +21,13 @@ INVERSE_METHODS = ('cholesky', 'eigen')
 PI_TYPES = ('tracenorm', 'none')
 
 
+def _dot(a, b):
+    """``sum(a * b)`` in at least float32 (0-d, on the device)."""
+    dtype = numpy.promote_types(a.dtype, numpy.float32)
+    return (a.astype(dtype, copy=False).ravel() @
+            b.astype(dtype, copy=False).ravel())
+
+
 def _check(condition, message):
     if not condition:
         raise ValueError('chainerkfac.KFAC: ' + message)
@@ -111,6 +118,13 @@ class KFAC(optimizer.GradientMethod):
             inverses (already exact). A decomposition that is not finite
             gives the plain gradient for that step and drops the factor until
             its next refresh.
+        kl_clip (float): a bound ``kappa`` on the step (KAISA's ``kl_clip``):
+            every direction is scaled by ``min(1, sqrt(kappa / (lr^2 sum(Delta
+            . grad))))``, the sum over all blocks (each block's direction as
+            taken) and the parameters without a block (their gradient),
+            reported as ``kfac/kl_scale``. Costs a dot product and a scale
+            per parameter; DistributedKFAC adds one scalar all-reduce (and
+            a host synchronisation) per step. None (default): no bound.
         exclude: links handed to momentum SGD on their plain gradient on
             purpose: a list of link names as ``model.namedlinks()`` gives
             them (``'/fc'``), or a predicate ``exclude(name, link)``; also
@@ -130,7 +144,7 @@ class KFAC(optimizer.GradientMethod):
                  stale_max_interval=20, stale_warmup=5,
                  stale_growth='proportional', stale_loss_ratio=1.5,
                  factor_interval=1, inverse_interval=1, exclude=(),
-                 inverse='cholesky'):
+                 inverse='cholesky', kl_clip=None):
         super(KFAC, self).__init__()
         _check(lr >= 0, 'lr must be >= 0, got {}'.format(lr))
         _check(0 <= momentum <= 1, 'momentum must be in [0, 1]')
@@ -157,6 +171,10 @@ class KFAC(optimizer.GradientMethod):
         _check(inverse in INVERSE_METHODS, 'inverse must be one of {}, got '
                '{!r}'.format(INVERSE_METHODS, inverse))
         self.inverse = inverse
+        _check(kl_clip is None or kl_clip > 0, 'kl_clip must be > 0 (or None: '
+               'no step bound), got {}'.format(kl_clip))
+        self.kl_clip = kl_clip
+        self._kl_scale = None
         self.schedule = self._make_schedule(
             schedule, stale, (stale_threshold, stale_max_interval,
                               stale_warmup, stale_growth, stale_loss_ratio),
@@ -504,27 +522,42 @@ class KFAC(optimizer.GradientMethod):
         blocks (a block whose inversion failed or whose direction is not
         finite takes its plain gradient, decided on the device), and updates
         the parameters without a block by momentum SGD on their plain
-        gradient."""
-        with timed(self.timer, 'update'):
-            for param in self.plain_params:
-                param.update()
+        gradient. With ``kl_clip`` every direction (and plain gradient) is
+        first scaled by :meth:`kl_scale`."""
+        pending = []
         for index, block in enumerate(self.owned_blocks):
             block.eigen_damping = self.hyperparam.damping
-            self.update_block(block, status, index)
+            prepared = self._precondition_block(block, status, index)
+            if prepared is not None:
+                pending.append(prepared)
+        scale = None
+        if self.kl_clip is not None:
+            scale = self._kl_scale = self.kl_scale(pending, status)
+        with timed(self.timer, 'update'):
+            for param in self.plain_params:
+                if scale is not None and param.grad is not None:
+                    param.grad *= scale
+                param.update()
+            for prepared in pending:
+                self._apply_block(prepared, status, scale)
 
-    def update_block(self, block, status, index):
+    def _precondition_block(self, block, status, index):
+        """Begins the block's update rules and preconditions its gradients:
+        ``(block, index, params, rules, targets, grads, directions)``, or
+        None when the block was updated already (a disabled rule: plain
+        update) or has nothing to update."""
         params = block.params
         rules = [p.update_rule for p in params]
         if not all(r is not None and r.enabled for r in rules):
             for p in params:
                 p.update()
-            return
+            return None
         targets = []
         for param, rule in zip(params, rules):
             rule.t += 1
             targets.append(rule.begin(param))
         if any(t is None for t in targets):
-            return
+            return None
         grads = [t.grad for t in targets]
         with timed(self.timer, 'preconditioning'):
             directions = block.precondition(grads)
@@ -533,10 +566,56 @@ class KFAC(optimizer.GradientMethod):
             if directions is not grads:
                 for direction in directions:
                     ops.flag_nonfinite(direction, status.array, slot)
-            for param, rule, target, direction, grad in zip(
-                    params, rules, targets, directions, grads):
-                rule.apply(target, direction, grad, status.array, slot)
-                rule.finish(param, target)
+        return block, index, params, rules, targets, grads, directions
+
+    def _apply_block(self, prepared, status, scale=None):
+        block, index, params, rules, targets, grads, directions = prepared
+        slot = status.fallback_slot(index)
+        if scale is not None:
+            for direction in directions:
+                direction *= scale
+            if directions is not grads:       # the fallback's plain gradient
+                for grad in grads:
+                    grad *= scale
+        for param, rule, target, direction, grad in zip(
+                params, rules, targets, directions, grads):
+            rule.apply(target, direction, grad, status.array, slot)
+            rule.finish(param, target)
+
+    def kl_scale(self, pending, status):
+        """KL clipping's ``nu = min(1, sqrt(kappa / (lr^2 S)))``, ``S`` the
+        sum over the blocks of ``Delta . g`` (the direction each block takes
+        this step: its preconditioned gradient, or its plain gradient when
+        it falls back, chosen on the device) plus ``g . g`` over the
+        parameters without a block (their direction is their gradient).
+        ``S`` is :meth:`reduce_kl_sum`'s (DistributedKFAC: over all ranks).
+        A 0-d device array in one process, a float in several."""
+        xp = self.target.xp
+        total = xp.zeros((), numpy.float64)
+        for block, index, params, rules, targets, grads, directions in pending:
+            plain = sum(_dot(g, g) for g in grads)
+            if directions is grads:
+                total = total + plain
+                continue
+            taken = sum(_dot(d, g) for d, g in zip(directions, grads))
+            fell_back = status.array[status.fallback_slot(index)] != 0
+            total = total + xp.where(fell_back, plain, taken)
+        total = self.reduce_kl_sum(total, [p.grad for p in self.plain_params
+                                           if p.grad is not None])
+        lr2 = float(self.hyperparam.lr) ** 2
+        if isinstance(total, float):
+            return min(1.0, float(numpy.sqrt(self.kl_clip / (lr2 * total))))\
+                if lr2 * total > 0 else 1.0
+        bound = xp.sqrt(self.kl_clip / xp.maximum(lr2 * total, 1e-300))
+        return xp.minimum(1.0, xp.where(lr2 * total > 0, bound, 1.0))
+
+    def reduce_kl_sum(self, blocks_sum, plain_grads):
+        """The sum ``S`` of :meth:`kl_scale` from this process's blocks'
+        part and the plain parameters' gradients (one process: all of it,
+        on the device)."""
+        for g in plain_grads:
+            blocks_sum = blocks_sum + _dot(g, g)
+        return blocks_sum
 
     def settle(self, changes, status):
         """The step's one device-to-host transfer, and what the host does
@@ -554,10 +633,18 @@ class KFAC(optimizer.GradientMethod):
         checks = self.device_checks()
         loss = self.step_loss()
         present = sorted(self._present)
-        statuses, values, losses, check_values, presence = step_status.fetch(
+        scale = self._kl_scale
+        device_scale = [] if scale is None or isinstance(scale, float) else [
+            scale.astype(numpy.float32)]
+        (statuses, values, losses, check_values, presence,
+         scales) = step_status.fetch(
             status.array, [changes[k] for k in on_device],
             [] if loss is None else [loss], checks,
-            [self._present[k] for k in present])
+            [self._present[k] for k in present], device_scale)
+        if scale is not None:
+            chainer.report({'kfac/kl_scale': float(scales[0]) if len(scales)
+                            else scale})
+            self._kl_scale = None
         absent = set(k for k, v in zip(present, presence) if v == 0)
         self.verify_device_checks(check_values)
         width = step_status.SLOTS_PER_BLOCK

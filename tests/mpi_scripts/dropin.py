@@ -2,7 +2,8 @@
 batch (each rank writes OUT/rank<r>.json: its checks and its parameters'
 largest difference from the one-process run).
 
-    dropin.py MODE OUT     MODE: clipping, skip_all, indices
+    dropin.py MODE OUT     MODE: clipping, skip_all, indices, and the
+                           curvature options eigen, kl_clip, mc, lm
 """
 import json
 import os
@@ -17,6 +18,8 @@ from chainer import optimizer_hooks
 import nets
 
 STEPS = 6
+#: the curvature options of issue 18, each a run of its own
+OPTIONS = {'eigen': dict(inverse='eigen'), 'kl_clip': dict(kl_clip=1e-4)}
 KWARGS = dict(lr=0.05, momentum=0.9, damping=1e-2, cov_ema_decay=0.5,
               stale_warmup=2, stale_threshold=1.0)
 
@@ -36,11 +39,18 @@ class Branchy(nets.ConvNet):
 
 
 def run(opt, model, data, slicer, skip_every=0):
+    """Trains; returns each step's report (``chainer.report``)."""
+    reports = []
     for step, (x, t) in enumerate(data, 1):
         xs, ts = slicer(x), slicer(t)
         skip = bool(skip_every) and step % skip_every == 0
-        opt.update(model, xs, ts, skip) if skip_every else opt.update(
-            model, xs, ts)
+        reports.append({})
+        with chainer.Reporter().scope(reports[-1]):
+            if skip_every:
+                opt.update(model, xs, ts, skip)
+            else:
+                opt.update(model, xs, ts)
+    return reports
 
 
 def main():
@@ -56,8 +66,9 @@ def main():
     cls = Branchy if mode == 'skip_all' else nets.ConvNet
     model = nets.make(cls, seed=100 + rank)    # rank 0's are broadcast
     ref = nets.make(cls, seed=100)
-    opt = chainerkfac.DistributedKFAC(comm, **KWARGS)
-    ref_opt = chainerkfac.KFAC(**KWARGS)
+    kwargs = dict(KWARGS, **OPTIONS.get(mode, {}))
+    opt = chainerkfac.DistributedKFAC(comm, **kwargs)
+    ref_opt = chainerkfac.KFAC(**kwargs)
     opt.setup(model)
     ref_opt.setup(ref)
     if mode == 'indices':
@@ -66,9 +77,11 @@ def main():
         for o in (opt, ref_opt):
             o.add_hook(optimizer_hooks.GradientClipping(0.3))
     skip_every = 3 if mode == 'skip_all' else 0
-    run(opt, model, data, lambda a: a[rank * local:(rank + 1) * local],
-        skip_every)
+    reports = run(opt, model, data,
+                  lambda a: a[rank * local:(rank + 1) * local], skip_every)
     run(ref_opt, ref, data, lambda a: a, skip_every)
+    if mode == 'kl_clip':
+        record['kl_scales'] = [float(r['kfac/kl_scale']) for r in reports]
     if mode == 'indices':
         record['indices_after'] = opt.indices
         record['owned'] = [opt.fisher_blocks.index(b)
