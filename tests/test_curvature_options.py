@@ -173,3 +173,136 @@ def test_kl_clip_scale_is_the_formula(rng):
 def test_kl_clip_argument():
     with pytest.raises(ValueError, match='kl_clip must be > 0'):
         KFAC(kl_clip=0)
+
+
+def exact_fisher_g(model, x):
+    """The true Fisher's G of l1 and l2 of nets.MLP, by enumerating the
+    classes: (1/N) sum_n sum_c p_nc gt gt^T, gt the example's output
+    gradient for target c (computed here without chainerkfac)."""
+    w1, b1 = model.l1.W.array, model.l1.b.array
+    w2, b2 = model.l2.W.array, model.l2.b.array
+    a = numpy.tanh(x @ w1.T + b1)
+    y = a @ w2.T + b2
+    p = numpy.exp(y - y.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    n, classes = p.shape
+    g1 = numpy.zeros((w1.shape[0],) * 2)
+    g2 = numpy.zeros((classes, classes))
+    for c in range(classes):
+        gy2 = p - numpy.eye(classes)[c]                  # (N, C)
+        gy1 = (gy2 @ w2) * (1 - a * a)
+        weight = p[:, c]
+        g2 += (gy2 * weight[:, None]).T @ gy2 / n
+        g1 += (gy1 * weight[:, None]).T @ gy1 / n
+    return {'/l1': g1, '/l2': g2}
+
+
+def mc_g(model, x, t, samples, mc_samples=1):
+    """The mean of ``samples`` steps' Monte-Carlo G (lr 0: the model stays)."""
+    opt = KFAC(lr=0.0, cov_ema_decay=1.0, stale=False, fisher='mc',
+               mc_samples=mc_samples)
+    opt.setup(model)
+    total = {}
+    for _ in range(samples):
+        opt.update(model, x, t)
+        for b in opt.fisher_blocks:
+            total[b.name] = total.get(b.name, 0) + b.ema['G'] / samples
+    return total, opt
+
+
+def test_mc_fisher_converges_to_the_exact_fisher(rng):
+    model = nets.make(nets.MLP)
+    x, t = nets.mlp_batch(rng, n=16)
+    exact = exact_fisher_g(model, x)
+    numpy.random.seed(0)
+    mean, opt = mc_g(model, x, t, 600)
+    for name in exact:
+        error = numpy.linalg.norm(mean[name] - exact[name]) / \
+            numpy.linalg.norm(exact[name])
+        assert error < 0.05, (name, error)
+    # the planted error: the empirical Fisher (true labels) is not it
+    empirical = KFAC(lr=0.0, cov_ema_decay=1.0, stale=False)
+    empirical.setup(model)
+    empirical.update(model, x, t)
+    g2 = [b for b in empirical.fisher_blocks if b.name == '/l2'][0].ema['G']
+    assert numpy.linalg.norm(g2 - exact['/l2']) / numpy.linalg.norm(
+        exact['/l2']) > 0.1
+    # the parameters' gradients are the true ones, not the sampled ones
+    reference = nets.make(nets.MLP)
+    reference.cleargrads()
+    reference(x, t).backward()
+    numpy.testing.assert_allclose(model.l1.W.grad, reference.l1.W.grad,
+                                  rtol=1e-12)
+
+
+def test_one_mc_sample_is_unbiased_and_more_reduce_its_spread(rng):
+    model = nets.make(nets.MLP)
+    x, t = nets.mlp_batch(rng, n=16)
+    exact = exact_fisher_g(model, x)['/l2']
+
+    def errors(mc_samples):
+        numpy.random.seed(1)
+        out = []
+        for _ in range(40):
+            g, _ = mc_g(model, x, t, 1, mc_samples)
+            out.append(numpy.linalg.norm(g['/l2'] - exact))
+        return numpy.mean(out)
+    assert errors(8) < 0.6 * errors(1)
+
+
+def test_mc_fisher_with_soft_targets_and_the_error_for_other_losses(rng):
+    import chainer.functions as F
+    from chainerkfac.datasets.transforms import soft_cross_entropy
+    model = nets.make(nets.MLP)
+    x, t = nets.mlp_batch(rng, n=16)
+    soft = numpy.eye(3)[t] * 0.7 + 0.1
+    opt = KFAC(lr=0.01, fisher='mc')
+    opt.setup(model)
+
+    def mixup_loss(x, t_soft):
+        return soft_cross_entropy(model.l2(F.tanh(model.l1(x))), t_soft)
+    opt.update(mixup_loss, x, soft)
+
+    def squared(x, t):
+        return F.mean_squared_error(model.l2(F.tanh(model.l1(x))),
+                                    numpy.eye(3)[t])
+    with pytest.raises(ValueError, match="fisher='mc'.*MeanSquaredError"):
+        opt.update(squared, x, t)
+    with pytest.raises(ValueError, match='fisher must be one of'):
+        KFAC(fisher='exact')
+    with pytest.raises(ValueError, match='mc_samples'):
+        KFAC(fisher='mc', mc_samples=0)
+
+
+def test_mc_fisher_runs_only_when_g_is_due(rng):
+    model = nets.make(nets.MLP)
+    x, t = nets.mlp_batch(rng, n=16)
+    opt = KFAC(lr=0.01, fisher='mc', stale_warmup=0, stale_threshold=10.0,
+               stale_loss_ratio=None)
+    opt.setup(model)
+    calls = []
+    original = opt.sample_targets
+    opt.sample_targets = lambda p: calls.append(opt.t) or original(p)
+    for _ in range(4):
+        opt.update(model, x, t)
+    assert calls == [0, 1, 3]    # steps 1, 2 and 4: at 3 no G was due
+
+
+def test_mc_fisher_feeds_the_bn_fisher_too(rng):
+    """BN's F comes from the sampled targets' backward as G does: with lr 0
+    it differs from the empirical one of the same batch, and two samples
+    (the BN input kept across the passes) give a third value."""
+    x, t = nets.conv_batch(rng, n=16)
+    values = []
+    for fisher, samples in (('empirical', 1), ('mc', 1), ('mc', 2)):
+        numpy.random.seed(0)
+        model = nets.make(nets.ConvNet, use_bn=True)
+        opt = KFAC(lr=0.0, stale=False, cov_ema_decay=1.0, fisher=fisher,
+                   mc_samples=samples, bn_fisher='unit')
+        opt.setup(model)
+        opt.update(model, x, t)
+        values.append([b for b in opt.fisher_blocks
+                       if b.name == '/bn'][0].ema['F'])
+    assert all(numpy.isfinite(v).all() for v in values)
+    assert not numpy.allclose(values[0], values[1])
+    assert not numpy.allclose(values[1], values[2])

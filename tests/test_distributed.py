@@ -218,7 +218,7 @@ def test_indices_are_each_ranks_blocks_after_setup(tmp_path):
 
 
 @pytest.mark.parametrize('n', [2, 3])
-@pytest.mark.parametrize('mode', ['eigen', 'kl_clip'])
+@pytest.mark.parametrize('mode', ['eigen', 'kl_clip', 'mc'])
 def test_curvature_options_across_ranks_equal_one_process(tmp_path, n, mode):
     """Each option of issue 18 on 2 and 3 ranks (stale statistics on) equals
     KFAC on the global batch."""

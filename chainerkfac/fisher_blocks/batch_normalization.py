@@ -118,7 +118,7 @@ class BatchNormalizationBlock(FisherBlock):
             self._x = in_data[0]
 
     def backward(self, function, in_data, gy, grad_scale):
-        x, self._x = self._x, None
+        x = self._x      # kept: a Monte-Carlo Fisher runs several backwards
         if x is None:
             return
         g_gamma, g_beta = per_example_gradients(

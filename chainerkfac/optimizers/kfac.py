@@ -4,7 +4,9 @@ import warnings
 
 import chainer
 import numpy
+from chainer import backend
 from chainer import optimizer
+from chainer.functions.loss import softmax_cross_entropy
 
 from chainerkfac.cuda import ops
 from chainerkfac import fisher_blocks
@@ -18,6 +20,7 @@ logger = logging.getLogger(__name__)
 
 BN_FISHER_MODES = ('full', 'unit', 'diag')
 INVERSE_METHODS = ('cholesky', 'eigen')
+FISHER_ESTIMATES = ('empirical', 'mc')
 PI_TYPES = ('tracenorm', 'none')
 
 
@@ -118,6 +121,14 @@ class KFAC(optimizer.GradientMethod):
             inverses (already exact). A decomposition that is not finite
             gives the plain gradient for that step and drops the factor until
             its next refresh.
+        fisher (str): ``'empirical'`` (the default, the original's): ``G``
+            and BN ``F`` from the gradients of the training loss; ``'mc'``:
+            from targets sampled from the model's own predictive
+            distribution (the true Fisher's Monte-Carlo estimate, ASDL's
+            default), ``mc_samples`` backward passes more on the steps where
+            some ``G``/``F`` is due (stale statistics keep it cheap). Needs
+            a ``softmax_cross_entropy`` loss (hard or soft targets).
+        mc_samples (int): samples of ``fisher='mc'`` (default 1).
         kl_clip (float): a bound ``kappa`` on the step (KAISA's ``kl_clip``):
             every direction is scaled by ``min(1, sqrt(kappa / (lr^2 sum(Delta
             . grad))))``, the sum over all blocks (each block's direction as
@@ -144,7 +155,8 @@ class KFAC(optimizer.GradientMethod):
                  stale_max_interval=20, stale_warmup=5,
                  stale_growth='proportional', stale_loss_ratio=1.5,
                  factor_interval=1, inverse_interval=1, exclude=(),
-                 inverse='cholesky', kl_clip=None):
+                 inverse='cholesky', kl_clip=None, fisher='empirical',
+                 mc_samples=1):
         super(KFAC, self).__init__()
         _check(lr >= 0, 'lr must be >= 0, got {}'.format(lr))
         _check(0 <= momentum <= 1, 'momentum must be in [0, 1]')
@@ -175,6 +187,13 @@ class KFAC(optimizer.GradientMethod):
                'no step bound), got {}'.format(kl_clip))
         self.kl_clip = kl_clip
         self._kl_scale = None
+        _check(fisher in FISHER_ESTIMATES, 'fisher must be one of {}, got '
+               '{!r}'.format(FISHER_ESTIMATES, fisher))
+        _check(int(mc_samples) == mc_samples and mc_samples >= 1,
+               'mc_samples must be a positive integer, got {}'.format(
+                   mc_samples))
+        self.fisher = fisher
+        self.mc_samples = int(mc_samples)
         self.schedule = self._make_schedule(
             schedule, stale, (stale_threshold, stale_max_interval,
                               stale_warmup, stale_growth, stale_loss_ratio),
@@ -313,9 +332,12 @@ class KFAC(optimizer.GradientMethod):
             loss = lossfun(*args, **kwds)
             if last:
                 self.after_forward()
+            if self.fisher == 'mc':
+                self._monte_carlo_backward(loss)
             if self._micro_step == 0:
                 self.target.cleargrads()
             loss.backward(loss_scale=self._loss_scale)
+            self._hook.capture_backward = True
         self._keep_loss(loss.array)
         del loss
         self._micro_step += 1
@@ -327,6 +349,62 @@ class KFAC(optimizer.GradientMethod):
                 if param.grad is not None:
                     param.grad /= self.acc_iters
         self.step()
+
+    def _monte_carlo_backward(self, loss):
+        """``fisher='mc'``: the ``G`` and BN ``F`` statistics due this step
+        from ``mc_samples`` backward passes of targets sampled from the
+        model's own predictive distribution, ``t ~ softmax(y)``; the true
+        gradient's backward that follows feeds no statistic. The logits
+        ``y`` are the input of the loss's ``SoftmaxCrossEntropy`` (hard or
+        soft targets, as mixup's), whose cached probabilities give ``p``;
+        each pass starts from ``dL/dy = (p - onehot(t)) / N`` (times the
+        loss scale), and the parameters' gradients it makes are dropped.
+        Nothing runs on a step where no ``G``/``F`` is due."""
+        if not any(n in b.due for b in self.fisher_blocks
+                   for n in b.statistic_names if n != 'A'):
+            self._hook.capture_backward = False
+            return
+        creator = loss.creator
+        if not isinstance(creator, softmax_cross_entropy.SoftmaxCrossEntropy):
+            raise ValueError(
+                "chainerkfac.KFAC: fisher='mc' samples targets from softmax "
+                'probabilities, so the loss must be '
+                'chainer.functions.softmax_cross_entropy of the model\'s '
+                'logits (hard or soft targets); this loss comes from {}'
+                .format(type(creator).__name__ if creator else 'no function'))
+        logits = creator.inputs[0]
+        probabilities = getattr(creator, 'y', None)
+        if probabilities is None:
+            probabilities = chainer.functions.softmax(
+                logits.get_variable().array).array
+        n = probabilities.shape[0]
+        scale = (self._loss_scale or 1.0) / n
+        params = list(self.target.params())
+        kept = [p.grad_var for p in params]
+        for p in params:
+            p.grad_var = None
+        for sample in range(self.mc_samples):
+            targets = self.sample_targets(probabilities)
+            grad = probabilities.copy()
+            grad[self.target.xp.arange(n), targets] -= 1
+            grad *= probabilities.dtype.type(scale)
+            y = logits.get_variable()
+            y.grad = grad
+            y.backward()
+        for p, g in zip(params, kept):
+            p.grad_var = g
+        self._hook.capture_backward = False
+
+    def sample_targets(self, probabilities):
+        """One class per row of ``probabilities`` (``(N, C)``, rows summing
+        to 1), drawn from them on the device (inverse CDF of one uniform
+        per row, from NumPy's or CuPy's global generator)."""
+        xp = backend.get_array_module(probabilities)
+        u = xp.random.uniform(size=(probabilities.shape[0], 1)).astype(
+            probabilities.dtype)
+        cdf = xp.cumsum(probabilities, axis=1)
+        return xp.minimum((cdf < u).sum(axis=1),
+                          probabilities.shape[1] - 1).astype(numpy.int32)
 
     def _keep_loss(self, array):
         """Sums the micro-batches' losses (0-d, on the device) for the stale

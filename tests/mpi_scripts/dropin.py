@@ -19,7 +19,23 @@ import nets
 
 STEPS = 6
 #: the curvature options of issue 18, each a run of its own
-OPTIONS = {'eigen': dict(inverse='eigen'), 'kl_clip': dict(kl_clip=1e-4)}
+OPTIONS = {'eigen': dict(inverse='eigen'), 'kl_clip': dict(kl_clip=1e-4),
+           'mc': dict(fisher='mc', mc_samples=2)}
+
+
+def shared_sampler(opt, uniforms, rows):
+    """Makes ``opt`` draw its Monte-Carlo targets from ``uniforms`` (one row
+    per call, one value per example of the global batch), taking ``rows``:
+    the same example gets the same target in the distributed run and in the
+    one-process one."""
+    calls = iter(uniforms)
+
+    def sample_targets(probabilities):
+        u = next(calls)[rows][:, None].astype(probabilities.dtype)
+        cdf = numpy.cumsum(probabilities, axis=1)
+        return numpy.minimum((cdf < u).sum(axis=1),
+                             probabilities.shape[1] - 1).astype(numpy.int32)
+    opt.sample_targets = sample_targets
 KWARGS = dict(lr=0.05, momentum=0.9, damping=1e-2, cov_ema_decay=0.5,
               stale_warmup=2, stale_threshold=1.0)
 
@@ -73,6 +89,11 @@ def main():
     ref_opt.setup(ref)
     if mode == 'indices':
         record['indices'] = opt.indices     # after setup, as the original
+    if mode == 'mc':
+        uniforms = numpy.random.RandomState(9).uniform(
+            size=(2 * STEPS, local * size))
+        shared_sampler(opt, uniforms, slice(rank * local, (rank + 1) * local))
+        shared_sampler(ref_opt, uniforms, slice(None))
     if mode == 'clipping':
         for o in (opt, ref_opt):
             o.add_hook(optimizer_hooks.GradientClipping(0.3))
