@@ -306,3 +306,79 @@ def test_mc_fisher_feeds_the_bn_fisher_too(rng):
     assert all(numpy.isfinite(v).all() for v in values)
     assert not numpy.allclose(values[0], values[1])
     assert not numpy.allclose(values[1], values[2])
+
+
+def lm_run(rng, lr, interval=1, steps=1):
+    model = nets.make(nets.MLP)
+    x, t = nets.mlp_batch(rng, n=32)
+    opt = KFAC(lr=lr, momentum=0.0, damping=1e-2, cov_ema_decay=1.0,
+               stale=False, damping_adaptation=True,
+               damping_adaptation_interval=interval)
+    opt.setup(model)
+    reports = []
+    for _ in range(steps):
+        before = {k: p.array.copy() for k, p in model.namedparams()}
+        loss = float(model(x, t).array)
+        reports.append({})
+        with chainer.Reporter().scope(reports[-1]):
+            opt.update(model, x, t)
+    return model, opt, x, t, before, loss, reports
+
+
+def test_reduction_ratio_is_the_formula(rng):
+    """rho = (L(theta + d) - L(theta)) / (g.d + d^T (A (x) G + gamma I) d / 2)
+    over the Kronecker blocks (no plain parameters here), from the blocks'
+    factors and the step, computed here with numpy.kron."""
+    model, opt, x, t, before, loss, reports = lm_run(rng, lr=0.05)
+    after = float(model(x, t).array)
+    predicted = 0.0
+    for block in opt.fisher_blocks:
+        name = block.name
+        d = numpy.concatenate([
+            model[name[1:]].W.array - before[name + '/W'],
+            (model[name[1:]].b.array - before[name + '/b'])[:, None]], 1)
+        g = numpy.concatenate([model[name[1:]].W.grad,
+                               model[name[1:]].b.grad[:, None]], 1)
+        a, gg = block.ema['A'], block.ema['G']
+        vec = d.reshape(-1, order='F')
+        curvature = numpy.kron(a, gg) + 1e-2 * numpy.eye(vec.size)
+        predicted += float((g * d).sum()) + 0.5 * float(vec @ curvature @ vec)
+    rho = (after - loss) / predicted
+    assert reports[0]['kfac/reduction_ratio'] == pytest.approx(rho, rel=1e-9)
+    omega = 19.0 / 20.0
+    expected = 1e-2 * omega if rho > 0.75 else (
+        1e-2 / omega if rho < 0.25 else 1e-2)
+    assert opt.damping == pytest.approx(expected)
+    assert reports[0]['kfac/damping'] == pytest.approx(expected)
+
+
+def test_a_bad_step_raises_the_damping_and_good_ones_lower_it(rng):
+    _, opt, _, _, _, _, reports = lm_run(rng, lr=50.0)
+    assert reports[0]['kfac/reduction_ratio'] < 0.25
+    assert opt.damping == pytest.approx(1e-2 / 0.95)
+    _, opt, _, _, _, _, reports = lm_run(rng, lr=1e-3, steps=3)
+    assert all(r['kfac/reduction_ratio'] > 0.75 for r in reports)
+    assert opt.damping == pytest.approx(1e-2 * 0.95 ** 3)
+    _, opt, _, _, _, _, reports = lm_run(rng, lr=1e-3, interval=2, steps=4)
+    assert ['kfac/damping' in r for r in reports] == [False, True, False,
+                                                      True]
+    assert opt.damping == pytest.approx(1e-2 * 0.95 ** 4)
+
+
+def test_the_adapted_damping_is_serialized_and_bounded(rng, tmp_path):
+    _, opt, _, _, _, _, _ = lm_run(rng, lr=1e-3, steps=2)
+    chainer.serializers.save_npz(str(tmp_path / 'o.npz'), opt)
+    fresh = KFAC(damping=1e-2, damping_adaptation=True, stale=False)
+    fresh.setup(nets.make(nets.MLP))
+    chainer.serializers.load_npz(str(tmp_path / 'o.npz'), fresh)
+    assert fresh.damping == pytest.approx(1e-2 * 0.95 ** 2)
+    with pytest.raises(ValueError, match='damping_bounds'):
+        KFAC(damping_adaptation=True, damping_bounds=(1.0, 0.1))
+    model = nets.make(nets.MLP)
+    x, t = nets.mlp_batch(rng, n=32)
+    opt = KFAC(lr=1e-3, damping=1e-2, damping_adaptation=True,
+               damping_adaptation_interval=1, damping_bounds=(9e-3, 1.0))
+    opt.setup(model)
+    for _ in range(4):
+        opt.update(model, x, t)
+    assert opt.damping == pytest.approx(9e-3)

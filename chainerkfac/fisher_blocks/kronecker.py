@@ -1,6 +1,7 @@
 """Kronecker-factored blocks: ``F ~= A (x) G`` for a weight matrix ``[W, b]``."""
 import math
 
+import numpy
 from chainer import backend
 
 from chainerkfac import linalg
@@ -127,6 +128,30 @@ class KroneckerFactoredBlock(FisherBlock):
                 self._damped_cholesky_inverse(name, factor, diagonal, status,
                                               index)
         self._inverted = tuple(names)
+
+    def curvature_quadratic(self, deltas, damping, stab_coeff):
+        """``vec(D)^T (A (x) G + gamma I) vec(D) = sum((G D A) * D) +
+        gamma ||D||^2`` for the step ``D = [dW, db]`` (the EMA factors,
+        exact Tikhonov damping: the quadratic model of damping adaptation),
+        0-d on the device."""
+        matrix = self._matrix(deltas)
+        a = self.ema['A'].astype(matrix.dtype, copy=False)
+        g = self.ema['G'].astype(matrix.dtype, copy=False)
+        return ((g @ matrix @ a) * matrix).sum() + damping * (
+            matrix * matrix).sum()
+
+    def _matrix(self, arrays):
+        """``[W, b]`` as a ``(d_out, d_in [+1])`` matrix (in at least
+        float32)."""
+        xp = backend.get_array_module(arrays[0])
+        w = arrays[0]
+        dtype = numpy.promote_types(w.dtype, numpy.float32)
+        matrix = w.reshape(w.shape[0], -1).astype(dtype, copy=False)
+        if self.has_bias:
+            matrix = xp.concatenate(
+                [matrix, arrays[1].reshape(-1, 1).astype(dtype, copy=False)],
+                1)
+        return matrix
 
     def _compute_eigenbases(self, names, status, index):
         """``A = Q_A diag(l_A) Q_A^T``, ``G = Q_G diag(l_G) Q_G^T`` for the

@@ -239,6 +239,20 @@ class DistributedKFAC(KFAC):
                     getattr(hook, 'name', type(hook).__name__)))
         return super(DistributedKFAC, self).add_hook(hook, name, timing)
 
+    def reduce_adaptation(self, new_loss, old_loss, model, plain):
+        """One 3-value all-reduce: the ranks' losses before and after the
+        step (means) and the owners' parts of the quadratic model, the
+        plain parameters' part counted on rank 0 (the same everywhere)."""
+        if not self._distributed:
+            return super(DistributedKFAC, self).reduce_adaptation(
+                new_loss, old_loss, model, plain)
+        comm = self.communicator
+        mine = numpy.array([float(new_loss), float(old_loss), float(model) + (
+            float(plain) if comm.rank == 0 else 0.0)], numpy.float64)
+        total = numpy.empty_like(mine)
+        comm.mpi_comm.Allreduce(mine, total, op=MPI.SUM)
+        return total[0] / comm.size, total[1] / comm.size, float(total[2])
+
     def reduce_kl_sum(self, blocks_sum, plain_grads):
         """KL clipping's ``S`` over all ranks: each owner's blocks' part,
         plus the plain parameters' ``g . g`` on rank 0 (their gradients are

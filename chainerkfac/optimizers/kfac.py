@@ -129,6 +129,26 @@ class KFAC(optimizer.GradientMethod):
             some ``G``/``F`` is due (stale statistics keep it cheap). Needs
             a ``softmax_cross_entropy`` loss (hard or soft targets).
         mc_samples (int): samples of ``fisher='mc'`` (default 1).
+        damping_adaptation (bool): Levenberg-Marquardt adaptation of the
+            damping (Martens & Grosse 2015, sec. 6.5): every
+            ``damping_adaptation_interval`` steps ``k``, the reduction ratio
+            ``rho = (L(theta + delta) - L(theta)) / M(delta)`` of the step
+            ``delta`` on the step's last micro-batch, with the quadratic
+            model ``M(delta) = g . delta + delta^T (C + gamma I) delta / 2``,
+            ``C`` the K-FAC curvature of the EMA factors (``A (x) G`` per
+            Kronecker block, ``F + (stab_coeff - 1) gamma`` for BN) and
+            exact Tikhonov damping, ``g`` the gradient after the optimizer's
+            hooks; ``gamma`` is multiplied by ``omega = (19/20)^k`` when
+            ``rho > 3/4`` and divided by it when ``rho < 1/4`` (or the model
+            predicts no decrease), within ``damping_bounds``. Reported as
+            ``kfac/damping`` and ``kfac/reduction_ratio``, serialized. Costs
+            on those steps: one forward pass (BN running averages restored),
+            a copy of the parameters and gradients, one product with each
+            factor pair, one host read (DistributedKFAC: one 3-value
+            all-reduce); after a change every damped inverse is recomputed
+            at the next step (with ``inverse='eigen'`` none needs to be).
+        damping_adaptation_interval (int): ``k`` (default 5).
+        damping_bounds (tuple): ``(low, high)`` of the adapted damping.
         kl_clip (float): a bound ``kappa`` on the step (KAISA's ``kl_clip``):
             every direction is scaled by ``min(1, sqrt(kappa / (lr^2 sum(Delta
             . grad))))``, the sum over all blocks (each block's direction as
@@ -156,7 +176,9 @@ class KFAC(optimizer.GradientMethod):
                  stale_growth='proportional', stale_loss_ratio=1.5,
                  factor_interval=1, inverse_interval=1, exclude=(),
                  inverse='cholesky', kl_clip=None, fisher='empirical',
-                 mc_samples=1):
+                 mc_samples=1, damping_adaptation=False,
+                 damping_adaptation_interval=5,
+                 damping_bounds=(1e-8, 100.0)):
         super(KFAC, self).__init__()
         _check(lr >= 0, 'lr must be >= 0, got {}'.format(lr))
         _check(0 <= momentum <= 1, 'momentum must be in [0, 1]')
@@ -194,6 +216,19 @@ class KFAC(optimizer.GradientMethod):
                    mc_samples))
         self.fisher = fisher
         self.mc_samples = int(mc_samples)
+        _check(int(damping_adaptation_interval) == damping_adaptation_interval
+               and damping_adaptation_interval >= 1,
+               'damping_adaptation_interval must be a positive integer, got '
+               '{}'.format(damping_adaptation_interval))
+        low, high = damping_bounds
+        _check(0 < low <= high, 'damping_bounds must be 0 < low <= high, got '
+               '{}'.format(damping_bounds))
+        self.damping_adaptation = bool(damping_adaptation)
+        self.damping_adaptation_interval = int(damping_adaptation_interval)
+        self.damping_bounds = (float(low), float(high))
+        self._adaptation = None      # (old params, grads) of this step
+        self._last_batch = None
+        self._reinvert = False
         self.schedule = self._make_schedule(
             schedule, stale, (stale_threshold, stale_max_interval,
                               stale_warmup, stale_growth, stale_loss_ratio),
@@ -339,6 +374,8 @@ class KFAC(optimizer.GradientMethod):
             loss.backward(loss_scale=self._loss_scale)
             self._hook.capture_backward = True
         self._keep_loss(loss.array)
+        if self.damping_adaptation:
+            self._last_batch = (lossfun, args, kwds, loss.array)
         del loss
         self._micro_step += 1
         if not last:
@@ -459,6 +496,8 @@ class KFAC(optimizer.GradientMethod):
                 decisions = self.exchange_parameters(decisions)
             self._apply_schedule(decisions)
             self._report_schedule()
+            if self._adaptation is not None:
+                self.adapt_damping()
         self.reallocate_cleared_grads()
         self.call_hooks('post')
         self.update_loss_scale()
@@ -587,12 +626,16 @@ class KFAC(optimizer.GradientMethod):
                 continue
             names = self.schedule.inverse_due(step, stats,
                                               block.statistic_names)
+            if self._reinvert and getattr(block, 'inverse_method',
+                                          None) != 'eigen':
+                names = list(block.statistic_names)     # the damping moved
             names += [n for n in block.statistic_names
                       if block.inverse[n] is None and n not in names]
             if names:
                 with timed(self.timer, 'inversion'):
                     block.compute_inverses(hp.damping, hp.stab_coeff,
                                            self.pi_type, names, status, index)
+        self._reinvert = False
         return changes
 
     def update_parameters(self, status):
@@ -602,6 +645,12 @@ class KFAC(optimizer.GradientMethod):
         the parameters without a block by momentum SGD on their plain
         gradient. With ``kl_clip`` every direction (and plain gradient) is
         first scaled by :meth:`kl_scale`."""
+        if (self.damping_adaptation and
+                self.t % self.damping_adaptation_interval == 0):
+            params = [p for b in self.owned_blocks for p in b.params]
+            params += self.plain_params
+            self._adaptation = [(p, p.array.copy(), p.grad.copy())
+                                for p in params if p.grad is not None]
         pending = []
         for index, block in enumerate(self.owned_blocks):
             block.eigen_damping = self.hyperparam.damping
@@ -659,6 +708,60 @@ class KFAC(optimizer.GradientMethod):
                 params, rules, targets, directions, grads):
             rule.apply(target, direction, grad, status.array, slot)
             rule.finish(param, target)
+
+    def adapt_damping(self):
+        """The Levenberg-Marquardt rule of ``damping_adaptation`` (see the
+        class docstring), after the step's parameters are final."""
+        lossfun, args, kwds, old_loss = self._last_batch
+        records, self._adaptation = self._adaptation, None
+        hp = self.hyperparam
+        saved = [(link, link.avg_mean.copy(), link.avg_var.copy())
+                 for link in self.target.links()
+                 if isinstance(link, chainer.links.BatchNormalization)
+                 and link.avg_mean is not None]
+        with chainer.no_backprop_mode(), chainer.Reporter().scope({}):
+            new_loss = lossfun(*args, **kwds).array
+        for link, mean, var in saved:
+            link.avg_mean[...] = mean
+            link.avg_var[...] = var
+        deltas = dict((id(p), (p.array - old, g)) for p, old, g in records)
+        model = 0.0
+        for block in self.owned_blocks:
+            pairs = [deltas.get(id(p)) for p in block.params]
+            if any(pair is None for pair in pairs):
+                continue
+            steps = [d for d, _ in pairs]
+            model = model + sum(_dot(g, d) for d, g in pairs) + 0.5 * (
+                block.curvature_quadratic(steps, hp.damping, hp.stab_coeff))
+        plain = 0.0
+        for p in self.plain_params:
+            if id(p) in deltas:
+                d, g = deltas[id(p)]
+                plain = plain + _dot(g, d) + 0.5 * hp.damping * _dot(d, d)
+        new, old, predicted = self.reduce_adaptation(
+            new_loss, old_loss, model, plain)
+        low, high = self.damping_bounds
+        omega = (19.0 / 20.0) ** self.damping_adaptation_interval
+        # a model that predicts no decrease (or a loss that is not finite)
+        # counts as the worst ratio
+        rho = ((new - old) / predicted if predicted < 0 else float('-inf'))
+        damping = float(hp.damping)
+        if rho > 0.75:
+            damping = max(low, damping * omega)
+        elif not rho >= 0.25:                # also NaN
+            damping = min(high, damping / omega)
+        if damping != hp.damping:
+            hp.damping = damping
+            self._reinvert = True
+        chainer.report({'kfac/damping': damping,
+                        'kfac/reduction_ratio': rho})
+
+    def reduce_adaptation(self, new_loss, old_loss, model, plain):
+        """``(L(theta + delta), L(theta), M(delta))`` as floats: one
+        process: these (one host read); DistributedKFAC: the losses' means
+        over the ranks and the model's sum (each owner's blocks, the plain
+        parameters once)."""
+        return float(new_loss), float(old_loss), float(model + plain)
 
     def kl_scale(self, pending, status):
         """KL clipping's ``nu = min(1, sqrt(kappa / (lr^2 S)))``, ``S`` the
@@ -778,6 +881,9 @@ class KFAC(optimizer.GradientMethod):
                 'updater iterations'.format(self._micro_step,
                                              self.acc_iters))
         super(KFAC, self).serialize(serializer)
+        if self.damping_adaptation:
+            self.hyperparam.damping = float(serializer(
+                'adapted_damping', self.hyperparam.damping))
         self.schedule.serialize(serializer['schedule'])
         blocks = serializer['fisher_blocks']
         for block in self.fisher_blocks:

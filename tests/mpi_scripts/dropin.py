@@ -20,7 +20,8 @@ import nets
 STEPS = 6
 #: the curvature options of issue 18, each a run of its own
 OPTIONS = {'eigen': dict(inverse='eigen'), 'kl_clip': dict(kl_clip=1e-4),
-           'mc': dict(fisher='mc', mc_samples=2)}
+           'mc': dict(fisher='mc', mc_samples=2),
+           'lm': dict(damping_adaptation=True, damping_adaptation_interval=1)}
 
 
 def shared_sampler(opt, uniforms, rows):
@@ -100,9 +101,13 @@ def main():
     skip_every = 3 if mode == 'skip_all' else 0
     reports = run(opt, model, data,
                   lambda a: a[rank * local:(rank + 1) * local], skip_every)
-    run(ref_opt, ref, data, lambda a: a, skip_every)
+    ref_reports = run(ref_opt, ref, data, lambda a: a, skip_every)
     if mode == 'kl_clip':
         record['kl_scales'] = [float(r['kfac/kl_scale']) for r in reports]
+    if mode == 'lm':
+        record['damping'] = [float(opt.damping), float(ref_opt.damping)]
+        record['ratios'] = [[float(r['kfac/reduction_ratio']) for r in rs]
+                            for rs in (reports, ref_reports)]
     if mode == 'indices':
         record['indices_after'] = opt.indices
         record['owned'] = [opt.fisher_blocks.index(b)
