@@ -171,7 +171,7 @@ class KFAC(optimizer.GradientMethod):
                  damping=1e-3, stab_coeff=16.0, constructor=None,
                  pi_type='tracenorm', use_cholesky=True, loss_scale=None,
                  adjust_momentum=False, acc_iters=1, *, bn_fisher='full',
-                 schedule=None, stale=True, stale_threshold=0.2,
+                 schedule=None, stale=True, stale_threshold=0.1,
                  stale_max_interval=20, stale_warmup=5,
                  stale_growth='proportional', stale_loss_ratio=1.5,
                  factor_interval=1, inverse_interval=1, exclude=(),
@@ -260,7 +260,7 @@ class KFAC(optimizer.GradientMethod):
         #: a :class:`chainerkfac.profiling.StageTimer` to time the stages
         self.timer = None
 
-    _STALE_DEFAULTS = (0.2, 20, 5, 'proportional', 1.5)
+    _STALE_DEFAULTS = (0.1, 20, 5, 'proportional', 1.5)
 
     @staticmethod
     def _make_schedule(schedule, stale, stale_args, factor_interval,
