@@ -171,6 +171,8 @@ def run_key(spec):
         'warmup_frac'))
     if spec.get('warmup_epochs') is not None:   # absent from older records
         key += '|warmup_epochs={}'.format(spec['warmup_epochs'])
+    if spec.get('stale_threshold') is not None:
+        key += '|stale_threshold={}'.format(spec['stale_threshold'])
     return key
 
 
@@ -216,10 +218,13 @@ def train_run(spec, data, log=print):
         opt = chainer.optimizers.MomentumSGD(lr=peak, momentum=0.9)
     else:
         peak = spec['lr_ref']
+        stale = {}
+        if spec.get('stale_threshold') is not None:   # the default otherwise
+            stale['stale_threshold'] = spec['stale_threshold']
         opt = chainerkfac.KFAC(lr=peak, momentum=0.9, damping=spec['damping'],
                                cov_ema_decay=spec['cov_ema_decay'],
                                bn_fisher='unit', acc_iters=acc_iters,
-                               stale=(method == 'kfac_stale'))
+                               stale=(method == 'kfac_stale'), **stale)
     opt.setup(model)
     opt.add_hook(WeightDecay(5e-4))
     stream = index_stream(n, spec['seed'])

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The P2 protocol (../shared/docs/protocols.md): steps to 90 % test accuracy.
+"""The P2 protocol of the peer measurements: steps to 90 % test accuracy.
 
 The protocol the other K-FAC libraries were measured on, built here as the
 protocol states it (their code does not carry over):
@@ -32,9 +32,10 @@ stale rule's warm-up.
     .venv/bin/python benchmarks/p2_protocol.py --seeds 0,1 \\
         --variant default='{}' --variant every_step='{"stale": false}'
 
-The peers' figures (protocols.md): steps to 90 % momentum SGD 300 (best lr),
-ASDL K-FAC 30, KAISA 140; this package (before the stale rule of issue 17)
-30, refreshing 69.5 % of its statistics after the stale warm-up.
+The peers' figures, measured on this kind of machine with their own code:
+steps to 90 % momentum SGD 300 (best lr), ASDL K-FAC 30, KAISA 140; this
+package (before the stale rule of issue 17) 30, refreshing 69.5 % of its
+statistics after the stale warm-up.
 """
 import argparse
 import concurrent.futures

@@ -1,11 +1,18 @@
 #!/usr/bin/env python
 """Step time of momentum SGD, K-FAC (every step) and K-FAC (stale statistics).
 
-CIFAR-style ResNet-20 on 1x28x28 Fashion-MNIST batches of 128, one process,
-all measured in one run (this machine is shared: only ratios measured
-together mean something). Prints the time per step and per stage.
+CIFAR-style ResNet-20 on 1x28x28 Fashion-MNIST batches of 128 (``--model
+resnet20``, the default), or the fidelity study's CNN at its batch sizes
+(``--model issue-cnn --batchsize 2048``: ``benchmarks/convergence.py``'s
+``IssueCNN`` with the study's K-FAC settings, lr 0.1, damping 1e-2,
+``cov_ema_decay`` 0.1, ``bn_fisher='unit'``), one process, all measured in one
+run (this machine is shared: only ratios measured together mean something).
+Prints the time per step and per stage. The stale rule's intervals depend on
+how far training has come: a short run from a fresh model refreshes more
+than a long one does on average.
 
     .venv/bin/python benchmarks/step_time.py [--steps 60] [--gpu]
+    .venv/bin/python benchmarks/step_time.py --model issue-cnn --batchsize 2048
 
 With ``--gpu`` the models and batches live on GPU 0 and the device is
 synchronised at the start and end of every step and of every timed stage (so
@@ -41,9 +48,11 @@ KFAC_SETTINGS = dict(lr=0.02, momentum=0.9, damping=1e-3, cov_ema_decay=0.1,
 
 
 def batches(n_steps, batchsize):
-    x, t = load_fashion_mnist('train', limit=n_steps * batchsize)
-    return [(x[i * batchsize:(i + 1) * batchsize],
-             t[i * batchsize:(i + 1) * batchsize]) for i in range(n_steps)]
+    x, t = load_fashion_mnist('train', limit=min(60000, n_steps * batchsize))
+    n = len(x) // batchsize * batchsize    # batches wrap around the images
+    return [(x[i * batchsize % n:i * batchsize % n + batchsize],
+             t[i * batchsize % n:i * batchsize % n + batchsize])
+            for i in range(n_steps)]
 
 
 class DeviceStageTimer(StageTimer):
@@ -167,8 +176,24 @@ def table(sgd, every, stale, skip):
     return lines
 
 
+MODELS = {
+    'resnet20': (lambda: resnet.ResNetCIFAR(20, n_class=10, in_channels=1),
+                 KFAC_SETTINGS, 0.1),
+    'issue-cnn': (lambda: _issue_cnn(),
+                  dict(lr=0.1, momentum=0.9, damping=1e-2, cov_ema_decay=0.1,
+                       bn_fisher='unit'), 0.1),
+}
+
+
+def _issue_cnn():
+    sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+    import convergence
+    return convergence.IssueCNN()
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--model', choices=sorted(MODELS), default='resnet20')
     parser.add_argument('--batchsize', type=int, default=128)
     parser.add_argument('--steps', type=int, default=60,
                         help='steps of SGD and of stale K-FAC')
@@ -186,15 +211,17 @@ def main(argv=None):
         device = device_module.select_gpu_or_exit('step_time.py')
         print(device_module.describe(device), flush=True)
     numpy.random.seed(0)
-    base = resnet.ResNetCIFAR(20, n_class=10, in_channels=1)
+    build, settings, sgd_lr = MODELS[args.model]
+    base = build()
     data = batches(args.steps, args.batchsize)
     if device is not None:
         data = [(device.send(x), device.send(t)) for x, t in data]
-    sgd, every, stale = make_runners(base, device)
+    sgd, every, stale = make_runners(base, device, settings, sgd_lr)
     interleave(sgd, every, stale, data, args.every)
-    print('ResNet-20, 1x28x28, batch {}, one process ({}), {} steps; K-FAC {}'
-          .format(args.batchsize, 'GPU' if device is not None else 'CPU',
-                  args.steps, KFAC_SETTINGS))
+    print('{}, 1x28x28, batch {}, one process ({}), {} steps; K-FAC {}'
+          .format(args.model, args.batchsize,
+                  'GPU' if device is not None else 'CPU', args.steps,
+                  settings))
     print('\n'.join(table(sgd, every, stale, args.skip)))
 
 

@@ -70,7 +70,14 @@ class KFACStatisticsHook(chainer.FunctionHook):
             with timed(self.timer, 'statistics'):
                 block.capture_forward(function, in_data)
 
+    #: whether the backward pass feeds the blocks (off while the optimizer
+    #: runs a backward pass whose gradients are not the statistics' source:
+    #: the true gradient's pass when the Fisher is a Monte-Carlo one)
+    capture_backward = True
+
     def backward_preprocess(self, function, in_data, out_grad):
+        if not self.capture_backward:
+            return
         block = self._block_of(function, in_data)
         if block is not None:
             with timed(self.timer, 'statistics'):

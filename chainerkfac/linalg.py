@@ -143,3 +143,31 @@ def damped_inverse(matrix, damping, max_tries=RECOVERY_TRIES):
     raise NotPositiveDefiniteError(
         'no damping up to {:g} made the factor positive definite'.format(
             added))
+
+
+def symmetric_eigh(matrix, status, slot):
+    """Eigendecomposition ``M = Q diag(l) Q^T`` of a symmetric positive
+    semi-definite factor (LAPACK ``syevd`` through NumPy on the CPU, cuSOLVER
+    ``syevd`` through CuPy on the GPU), never reading back to the host.
+
+    Args:
+        matrix: symmetric ``(d, d)`` array (not modified).
+        status: 1-D int32 array on the matrix's device; ``status[slot]``
+            becomes non-zero when the decomposition failed or is not finite
+            (the returned arrays are then meaningless).
+
+    Returns:
+        tuple: ``(values, vectors)``: ``(d,)`` eigenvalues clamped at 0 (a
+        factor is PSD; round-off can make small ones negative) and the
+        ``(d, d)`` orthonormal eigenvectors (columns), in the matrix's dtype.
+    """
+    xp = backend.get_array_module(matrix)
+    try:
+        values, vectors = xp.linalg.eigh(matrix)
+    except numpy.linalg.LinAlgError:   # LAPACK did not converge (non-finite)
+        d = matrix.shape[0]
+        status[slot] = max(int(status[slot]), 1)
+        return (xp.zeros(d, matrix.dtype), xp.eye(d, dtype=matrix.dtype))
+    bad = ~(xp.isfinite(values).all() & xp.isfinite(vectors).all())
+    status[slot] = xp.maximum(status[slot], bad.astype(numpy.int32))
+    return xp.maximum(values, 0).astype(matrix.dtype, copy=False), vectors

@@ -293,3 +293,23 @@ def test_indices_are_each_ranks_blocks_after_setup(tmp_path):
         assert record['indices'] == record['indices_after'] == \
             records[0]['indices']
         assert record['owned'] == record['indices'][rank]
+
+
+@pytest.mark.parametrize('n', [2, 3])
+@pytest.mark.parametrize('mode', ['eigen', 'kl_clip', 'mc', 'lm'])
+def test_curvature_options_across_ranks_equal_one_process(tmp_path, n, mode):
+    """Each option of issue 18 on 2 and 3 ranks (stale statistics on) equals
+    KFAC on the global batch."""
+    for record in dropin_records(tmp_path, n, mode):
+        assert record['max_difference'] < 1e-6, record
+        assert record['next_due_equal']
+        if mode == 'kl_clip':
+            assert min(record['kl_scales']) < 1     # the bound was active
+        if mode == 'lm':
+            adapted, reference = record['damping']
+            assert adapted == pytest.approx(reference, rel=1e-12)
+            ratios, reference_ratios = record['ratios']
+            assert len(ratios) == 6                 # adapted on every step
+            assert ratios == pytest.approx(reference_ratios, rel=1e-6)
+            assert adapted != 1e-2                  # it moved
+

@@ -166,4 +166,7 @@ def soft_cross_entropy(y, t_soft):
     if isinstance(t_soft, chainer.Variable):
         t_soft = t_soft.array
     t_soft = t_soft.astype(y.dtype, copy=False)
-    return -F.sum(F.log_softmax(y) * t_soft) / y.shape[0]
+    # Chainer's own soft-target loss: the same value and gradient
+    # ((softmax(y) - t) / N), and a SoftmaxCrossEntropy node, which is how
+    # KFAC(fisher='mc') finds the logits
+    return F.softmax_cross_entropy(y, t_soft)

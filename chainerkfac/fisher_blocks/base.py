@@ -425,10 +425,6 @@ class FisherBlock(object):
         list of preconditioned gradients."""
         raise NotImplementedError
 
-    @property
-    def ready(self):
-        return all(self.inverse[n] is not None for n in self.statistic_names)
-
     def warn_once(self, key, message):
         if key not in self._warned:
             self._warned.add(key)
@@ -437,19 +433,36 @@ class FisherBlock(object):
 
     # --- state -------------------------------------------------------------
     def serialize(self, serializer):
-        """Saves/loads the EMAs, inverses (an empty array stands for None) and
-        damping floors."""
+        """Saves/loads the EMAs, inverses (an empty array stands for None;
+        an eigendecomposition ``(values, vectors)`` is ``inv_<name>`` =
+        vectors and ``eigval_<name>`` = values) and damping floors."""
         loading = isinstance(serializer, chainer.serializer.Deserializer)
-        for table, prefix in ((self.ema, 'ema_'), (self.inverse, 'inv_')):
-            for name in self.statistic_names:
-                if loading:
-                    value = serializer(prefix + name, None)
-                    table[name] = (None if value is None or value.size == 0
-                                   else self.link.device.send(value))
+        empty = numpy.zeros((0,), numpy.float32)
+        for name in self.statistic_names:
+            if loading:
+                value = serializer('ema_' + name, None)
+                self.ema[name] = (None if value is None or value.size == 0
+                                  else self.link.device.send(value))
+                vectors = serializer('inv_' + name, None)
+                try:
+                    values = serializer('eigval_' + name, None)
+                except KeyError:   # written before the eigen option
+                    values = None
+                if vectors is None or vectors.size == 0:
+                    self.inverse[name] = None
+                elif values is not None and values.size:
+                    self.inverse[name] = (self.link.device.send(values),
+                                          self.link.device.send(vectors))
                 else:
-                    value = table[name]
-                    serializer(prefix + name, numpy.zeros((0,), numpy.float32)
-                               if value is None else value)
+                    self.inverse[name] = self.link.device.send(vectors)
+                continue
+            ema, inverse = self.ema[name], self.inverse[name]
+            serializer('ema_' + name, empty if ema is None else ema)
+            values = None
+            if isinstance(inverse, tuple):
+                values, inverse = inverse
+            serializer('inv_' + name, empty if inverse is None else inverse)
+            serializer('eigval_' + name, empty if values is None else values)
         for name in self.statistic_names:
             key = 'damping_floor_' + name
             if loading:
@@ -519,9 +532,3 @@ class FisherBlock(object):
             else:
                 self._diagonal[name] = self.link.xp.asarray(
                     value, self.ema[name].dtype)
-
-    def to_device(self, device):
-        for table in (self.ema, self.inverse):
-            for name, value in table.items():
-                if value is not None:
-                    table[name] = device.send(value)

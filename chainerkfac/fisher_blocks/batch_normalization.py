@@ -119,7 +119,7 @@ class BatchNormalizationBlock(FisherBlock):
             self._x = in_data[0]
 
     def backward(self, function, in_data, gy, grad_scale):
-        x, self._x = self._x, None
+        x = self._x      # kept: a Monte-Carlo Fisher runs several backwards
         if x is None:
             return
         g_gamma, g_beta = per_example_gradients(
@@ -183,6 +183,26 @@ class BatchNormalizationBlock(FisherBlock):
 
     def _describe(self, name):
         return 'Fisher'
+
+    def curvature_quadratic(self, deltas, damping, stab_coeff):
+        """``d^T (F + stab_coeff gamma I) d`` for the step ``d = [dgamma;
+        dbeta]`` in the mode's shape of ``F`` (the EMA), 0-d on the
+        device."""
+        fisher = self.ema['F']
+        g, b = (x.astype(fisher.dtype, copy=False) for x in deltas)
+        xp = backend.get_array_module(fisher)
+        if self.mode == 'full':
+            d = xp.concatenate([g, b])
+            quadratic = d @ (fisher @ d)
+        elif self.mode == 'unit':
+            quadratic = (fisher[:, 0, 0] * g * g + fisher[:, 1, 1] * b * b +
+                         2 * fisher[:, 0, 1] * g * b).sum()
+        else:
+            c = g.shape[0]
+            quadratic = (fisher[:c] * g * g).sum() + (
+                fisher[c:] * b * b).sum()
+        return quadratic + stab_coeff * damping * ((g * g).sum() +
+                                                    (b * b).sum())
 
     def precondition(self, grads):
         inverse = self.inverse['F']

@@ -2,6 +2,7 @@
 ``[W, b]``."""
 import math
 
+import numpy
 from chainer import backend
 
 from chainerkfac import linalg
@@ -55,6 +56,13 @@ class KroneckerFactoredBlock(FisherBlock):
     """
 
     statistic_names = ('A', 'G')
+    #: ``'cholesky'``: damped inverses (factored Tikhonov damping);
+    #: ``'eigen'``: eigendecompositions of the factors, with the damping
+    #: added to the eigenvalue products (exact Tikhonov damping); set by the
+    #: optimizer (``KFAC(inverse=...)``)
+    inverse_method = 'cholesky'
+    #: the damping of the eigenbasis preconditioning (set every step)
+    eigen_damping = 0.0
 
     @property
     def has_bias(self):
@@ -100,6 +108,9 @@ class KroneckerFactoredBlock(FisherBlock):
         factored Tikhonov damping (a ``pi`` from the new traces would change
         the product to ``gamma pi_new / pi_old``, i.e. change the damping
         whenever the traces moved). ``pi`` is renewed when both are."""
+        if self.inverse_method == 'eigen':
+            self._compute_eigenbases(names, status, index)
+            return
         a, g = self.ema['A'], self.ema['G']
         partner = {'A': 'G', 'G': 'A'}
         if (len(names) == 1 and damping > 0 and
@@ -120,6 +131,63 @@ class KroneckerFactoredBlock(FisherBlock):
                                               index)
         self._inverted = tuple(names)
 
+    def curvature_quadratic(self, deltas, damping, stab_coeff):
+        """``vec(D)^T (A (x) G + gamma I) vec(D) = sum((G D A) * D) +
+        gamma ||D||^2`` for the step ``D = [dW, db]`` (the EMA factors,
+        exact Tikhonov damping: the quadratic model of damping adaptation),
+        0-d on the device."""
+        matrix = self._matrix(deltas)
+        a = self.ema['A'].astype(matrix.dtype, copy=False)
+        g = self.ema['G'].astype(matrix.dtype, copy=False)
+        return ((g @ matrix @ a) * matrix).sum() + damping * (
+            matrix * matrix).sum()
+
+    def _matrix(self, arrays):
+        """``[W, b]`` as a ``(d_out, d_in [+1])`` matrix (in at least
+        float32)."""
+        xp = backend.get_array_module(arrays[0])
+        w = arrays[0]
+        dtype = numpy.promote_types(w.dtype, numpy.float32)
+        matrix = w.reshape(w.shape[0], -1).astype(dtype, copy=False)
+        if self.has_bias:
+            matrix = xp.concatenate(
+                [matrix, arrays[1].reshape(-1, 1).astype(dtype, copy=False)],
+                1)
+        return matrix
+
+    def _compute_eigenbases(self, names, status, index):
+        """``A = Q_A diag(l_A) Q_A^T``, ``G = Q_G diag(l_G) Q_G^T`` for the
+        factors in ``names`` (the EMAs, undamped); a failed one flags the
+        block's fallback (this step takes the plain gradient) and is
+        dropped at :meth:`settle`. The partner of a stale refresh keeps its
+        eigenbasis: with exact damping there is no split to keep."""
+        for position, name in enumerate(self.statistic_names):
+            if name not in names:
+                continue
+            slot = status.statistic_slot(index, position)
+            self.inverse[name] = linalg.symmetric_eigh(
+                self.ema[name], status.array, slot)
+            status.flag_fallback_if(index, status.array[slot] != 0)
+        self._inverted = tuple(names)
+
+    def _recover_cholesky(self, name):
+        if self.inverse_method != 'eigen':
+            return super(KroneckerFactoredBlock, self)._recover_cholesky(name)
+        self.warn_once('identity', 'the eigendecomposition of factor {} '
+                       'failed (not finite); the block uses the plain '
+                       'gradient until its next refresh'.format(name))
+        self.inverse[name] = None
+
+    def _precondition_eigen(self, matrix):
+        """``Q_G ((Q_G^T M Q_A) / (l_G l_A^T + gamma)) Q_A^T``: the exact
+        ``(A (x) G + gamma I)^-1 vec(M)`` of the EMA factors, 4 GEMMs."""
+        (l_a, q_a), (l_g, q_g) = self.inverse['A'], self.inverse['G']
+        dtype = matrix.dtype
+        m = matrix.astype(q_a.dtype, copy=False)
+        v = q_g.T @ m @ q_a
+        v /= l_g[:, None] * l_a[None, :] + q_a.dtype.type(self.eigen_damping)
+        return (q_g @ v @ q_a.T).astype(dtype, copy=False)
+
     def precondition(self, grads):
         a_inv, g_inv = self.inverse['A'], self.inverse['G']
         if a_inv is None or g_inv is None:
@@ -130,9 +198,12 @@ class KroneckerFactoredBlock(FisherBlock):
         matrix = gw.reshape(out_size, -1)
         if self.has_bias:
             matrix = xp.concatenate([matrix, grads[1].reshape(out_size, 1)], 1)
-        dtype = matrix.dtype
-        matrix = g_inv @ matrix.astype(a_inv.dtype, copy=False) @ a_inv
-        matrix = matrix.astype(dtype, copy=False)
+        if self.inverse_method == 'eigen':
+            matrix = self._precondition_eigen(matrix)
+        else:
+            dtype = matrix.dtype
+            matrix = g_inv @ matrix.astype(a_inv.dtype, copy=False) @ a_inv
+            matrix = matrix.astype(dtype, copy=False)
         if self.has_bias:
             return [matrix[:, :-1].reshape(gw.shape), matrix[:, -1].copy()]
         return [matrix.reshape(gw.shape)]

@@ -239,6 +239,34 @@ class DistributedKFAC(KFAC):
                     getattr(hook, 'name', type(hook).__name__)))
         return super(DistributedKFAC, self).add_hook(hook, name, timing)
 
+    def reduce_adaptation(self, new_loss, old_loss, model, plain):
+        """One 3-value all-reduce: the ranks' losses before and after the
+        step (means) and the owners' parts of the quadratic model, the
+        plain parameters' part counted on rank 0 (the same everywhere)."""
+        if not self._distributed:
+            return super(DistributedKFAC, self).reduce_adaptation(
+                new_loss, old_loss, model, plain)
+        comm = self.communicator
+        mine = numpy.array([float(new_loss), float(old_loss), float(model) + (
+            float(plain) if comm.rank == 0 else 0.0)], numpy.float64)
+        total = numpy.empty_like(mine)
+        comm.mpi_comm.Allreduce(mine, total, op=MPI.SUM)
+        return total[0] / comm.size, total[1] / comm.size, float(total[2])
+
+    def reduce_kl_sum(self, blocks_sum, plain_grads):
+        """KL clipping's ``S`` over all ranks: each owner's blocks' part,
+        plus the plain parameters' ``g . g`` on rank 0 (their gradients are
+        all-reduced: the same on every rank), in one scalar all-reduce."""
+        if not self._distributed:
+            return super(DistributedKFAC, self).reduce_kl_sum(blocks_sum,
+                                                              plain_grads)
+        mine = float(blocks_sum)
+        if self.communicator.rank == 0:
+            mine += sum(float(g.astype(numpy.float64).ravel() @
+                              g.astype(numpy.float64).ravel())
+                        for g in plain_grads)
+        return self.communicator.mpi_comm.allreduce(mine)
+
     def owned_gradient_square_norm(self):
         """Squared L2 norm of the gradients this rank holds for the whole
         model after stage 2: its blocks' (the global ones), plus, on rank 0,

@@ -5,7 +5,9 @@ import warnings
 
 import chainer
 import numpy
+from chainer import backend
 from chainer import optimizer
+from chainer.functions.loss import softmax_cross_entropy
 
 from chainerkfac.cuda import ops
 from chainerkfac import fisher_blocks
@@ -18,7 +20,16 @@ from chainerkfac.optimizers.update_rule import KFACUpdateRule
 logger = logging.getLogger(__name__)
 
 BN_FISHER_MODES = ('full', 'unit', 'diag')
+INVERSE_METHODS = ('cholesky', 'eigen')
+FISHER_ESTIMATES = ('empirical', 'mc')
 PI_TYPES = ('tracenorm', 'none')
+
+
+def _dot(a, b):
+    """``sum(a * b)`` in at least float32 (0-d, on the device)."""
+    dtype = numpy.promote_types(a.dtype, numpy.float32)
+    return (a.astype(dtype, copy=False).ravel() @
+            b.astype(dtype, copy=False).ravel())
 
 
 def _check(condition, message):
@@ -100,6 +111,52 @@ class KFAC(optimizer.GradientMethod):
             every ``factor_interval`` steps.
         inverse_interval (int): with ``stale=False``, recompute inverses
             every ``inverse_interval`` steps (at least ``factor_interval``).
+        inverse (str): ``'cholesky'`` (the default): damped inverses of the
+            factors, ``(G + sqrt(gamma)/pi I)^-1 grad (A + pi sqrt(gamma)
+            I)^-1`` (factored Tikhonov damping); ``'eigen'``:
+            eigendecompositions of the (undamped) factors and
+            ``Q_G ((Q_G^T grad Q_A) / (l_G l_A^T + gamma)) Q_A^T``, the exact
+            ``(A (x) G + gamma I)^-1`` (KAISA's default). Costs: ``syevd``
+            is about 4-10x a Cholesky inverse of the same factor, and the
+            preconditioning takes 4 GEMMs instead of 2. BN blocks keep their
+            inverses (already exact). A decomposition that is not finite
+            gives the plain gradient for that step and drops the factor until
+            its next refresh.
+        fisher (str): ``'empirical'`` (the default, the original's): ``G``
+            and BN ``F`` from the gradients of the training loss; ``'mc'``:
+            from targets sampled from the model's own predictive
+            distribution (the true Fisher's Monte-Carlo estimate, ASDL's
+            default), ``mc_samples`` backward passes more on the steps where
+            some ``G``/``F`` is due (stale statistics keep it cheap). Needs
+            a ``softmax_cross_entropy`` loss (hard or soft targets).
+        mc_samples (int): samples of ``fisher='mc'`` (default 1).
+        damping_adaptation (bool): Levenberg-Marquardt adaptation of the
+            damping (Martens & Grosse 2015, sec. 6.5): every
+            ``damping_adaptation_interval`` steps ``k``, the reduction ratio
+            ``rho = (L(theta + delta) - L(theta)) / M(delta)`` of the step
+            ``delta`` on the step's last micro-batch, with the quadratic
+            model ``M(delta) = g . delta + delta^T (C + gamma I) delta / 2``,
+            ``C`` the K-FAC curvature of the EMA factors (``A (x) G`` per
+            Kronecker block, ``F + (stab_coeff - 1) gamma`` for BN) and
+            exact Tikhonov damping, ``g`` the gradient after the optimizer's
+            hooks; ``gamma`` is multiplied by ``omega = (19/20)^k`` when
+            ``rho > 3/4`` and divided by it when ``rho < 1/4`` (or the model
+            predicts no decrease), within ``damping_bounds``. Reported as
+            ``kfac/damping`` and ``kfac/reduction_ratio``, serialized. Costs
+            on those steps: one forward pass (BN running averages restored),
+            a copy of the parameters and gradients, one product with each
+            factor pair, one host read (DistributedKFAC: one 3-value
+            all-reduce); after a change every damped inverse is recomputed
+            at the next step (with ``inverse='eigen'`` none needs to be).
+        damping_adaptation_interval (int): ``k`` (default 5).
+        damping_bounds (tuple): ``(low, high)`` of the adapted damping.
+        kl_clip (float): a bound ``kappa`` on the step (KAISA's ``kl_clip``):
+            every direction is scaled by ``min(1, sqrt(kappa / (lr^2 sum(Delta
+            . grad))))``, the sum over all blocks (each block's direction as
+            taken) and the parameters without a block (their gradient),
+            reported as ``kfac/kl_scale``. Costs a dot product and a scale
+            per parameter; DistributedKFAC adds one scalar all-reduce (and
+            a host synchronisation) per step. None (default): no bound.
         exclude: links handed to momentum SGD on their plain gradient on
             purpose: a list of link names as ``model.namedlinks()`` gives
             them (``'/fc'``), or a predicate ``exclude(name, link)``; also
@@ -115,10 +172,14 @@ class KFAC(optimizer.GradientMethod):
                  damping=1e-3, stab_coeff=16.0, constructor=None,
                  pi_type='tracenorm', use_cholesky=True, loss_scale=None,
                  adjust_momentum=False, acc_iters=1, *, bn_fisher='full',
-                 schedule=None, stale=True, stale_threshold=0.2,
+                 schedule=None, stale=True, stale_threshold=0.1,
                  stale_max_interval=20, stale_warmup=5,
                  stale_growth='proportional', stale_loss_ratio=1.5,
-                 factor_interval=1, inverse_interval=1, exclude=()):
+                 factor_interval=1, inverse_interval=1, exclude=(),
+                 inverse='cholesky', kl_clip=None, fisher='empirical',
+                 mc_samples=1, damping_adaptation=False,
+                 damping_adaptation_interval=5,
+                 damping_bounds=(1e-8, 100.0)):
         super(KFAC, self).__init__()
         _check(lr >= 0, 'lr must be >= 0, got {}'.format(lr))
         _check(0 <= momentum <= 1, 'momentum must be in [0, 1]')
@@ -142,6 +203,33 @@ class KFAC(optimizer.GradientMethod):
         _check(callable(exclude) or not isinstance(exclude, str),
                'exclude takes link names (a list) or a predicate, got the '
                'string {!r}'.format(exclude))
+        _check(inverse in INVERSE_METHODS, 'inverse must be one of {}, got '
+               '{!r}'.format(INVERSE_METHODS, inverse))
+        self.inverse = inverse
+        _check(kl_clip is None or kl_clip > 0, 'kl_clip must be > 0 (or None: '
+               'no step bound), got {}'.format(kl_clip))
+        self.kl_clip = kl_clip
+        self._kl_scale = None
+        _check(fisher in FISHER_ESTIMATES, 'fisher must be one of {}, got '
+               '{!r}'.format(FISHER_ESTIMATES, fisher))
+        _check(int(mc_samples) == mc_samples and mc_samples >= 1,
+               'mc_samples must be a positive integer, got {}'.format(
+                   mc_samples))
+        self.fisher = fisher
+        self.mc_samples = int(mc_samples)
+        _check(int(damping_adaptation_interval) == damping_adaptation_interval
+               and damping_adaptation_interval >= 1,
+               'damping_adaptation_interval must be a positive integer, got '
+               '{}'.format(damping_adaptation_interval))
+        low, high = damping_bounds
+        _check(0 < low <= high, 'damping_bounds must be 0 < low <= high, got '
+               '{}'.format(damping_bounds))
+        self.damping_adaptation = bool(damping_adaptation)
+        self.damping_adaptation_interval = int(damping_adaptation_interval)
+        self.damping_bounds = (float(low), float(high))
+        self._adaptation = None      # (old params, grads) of this step
+        self._last_batch = None
+        self._reinvert = False
         self.schedule = self._make_schedule(
             schedule, stale, (stale_threshold, stale_max_interval,
                               stale_warmup, stale_growth, stale_loss_ratio),
@@ -173,7 +261,7 @@ class KFAC(optimizer.GradientMethod):
         #: a :class:`chainerkfac.profiling.StageTimer` to time the stages
         self.timer = None
 
-    _STALE_DEFAULTS = (0.2, 20, 5, 'proportional', 1.5)
+    _STALE_DEFAULTS = (0.1, 20, 5, 'proportional', 1.5)
 
     @staticmethod
     def _make_schedule(schedule, stale, stale_args, factor_interval,
@@ -231,6 +319,8 @@ class KFAC(optimizer.GradientMethod):
                              if id(p) not in covered]
         for block in blocks:
             block.record_moments = self.schedule.uses_change
+            if isinstance(block, fisher_blocks.KroneckerFactoredBlock):
+                block.inverse_method = self.inverse
         self._hook = KFACStatisticsHook(blocks)
         self.schedule.register(
             key for b in blocks for key in b.schedule_keys.values())
@@ -278,10 +368,15 @@ class KFAC(optimizer.GradientMethod):
             loss = lossfun(*args, **kwds)
             if last:
                 self.after_forward()
+            if self.fisher == 'mc':
+                self._monte_carlo_backward(loss)
             if self._micro_step == 0:
                 self.target.cleargrads()
             loss.backward(loss_scale=self._loss_scale)
+            self._hook.capture_backward = True
         self._keep_loss(loss.array)
+        if self.damping_adaptation:
+            self._last_batch = (lossfun, args, kwds, loss.array)
         del loss
         self._micro_step += 1
         if not last:
@@ -292,6 +387,62 @@ class KFAC(optimizer.GradientMethod):
                 if param.grad is not None:
                     param.grad /= self.acc_iters
         self.step()
+
+    def _monte_carlo_backward(self, loss):
+        """``fisher='mc'``: the ``G`` and BN ``F`` statistics due this step
+        from ``mc_samples`` backward passes of targets sampled from the
+        model's own predictive distribution, ``t ~ softmax(y)``; the true
+        gradient's backward that follows feeds no statistic. The logits
+        ``y`` are the input of the loss's ``SoftmaxCrossEntropy`` (hard or
+        soft targets, as mixup's), whose cached probabilities give ``p``;
+        each pass starts from ``dL/dy = (p - onehot(t)) / N`` (times the
+        loss scale), and the parameters' gradients it makes are dropped.
+        Nothing runs on a step where no ``G``/``F`` is due."""
+        if not any(n in b.due for b in self.fisher_blocks
+                   for n in b.statistic_names if n != 'A'):
+            self._hook.capture_backward = False
+            return
+        creator = loss.creator
+        if not isinstance(creator, softmax_cross_entropy.SoftmaxCrossEntropy):
+            raise ValueError(
+                "chainerkfac.KFAC: fisher='mc' samples targets from softmax "
+                'probabilities, so the loss must be '
+                'chainer.functions.softmax_cross_entropy of the model\'s '
+                'logits (hard or soft targets); this loss comes from {}'
+                .format(type(creator).__name__ if creator else 'no function'))
+        logits = creator.inputs[0]
+        probabilities = getattr(creator, 'y', None)
+        if probabilities is None:
+            probabilities = chainer.functions.softmax(
+                logits.get_variable().array).array
+        n = probabilities.shape[0]
+        scale = (self._loss_scale or 1.0) / n
+        params = list(self.target.params())
+        kept = [p.grad_var for p in params]
+        for p in params:
+            p.grad_var = None
+        for sample in range(self.mc_samples):
+            targets = self.sample_targets(probabilities)
+            grad = probabilities.copy()
+            grad[self.target.xp.arange(n), targets] -= 1
+            grad *= probabilities.dtype.type(scale)
+            y = logits.get_variable()
+            y.grad = grad
+            y.backward()
+        for p, g in zip(params, kept):
+            p.grad_var = g
+        self._hook.capture_backward = False
+
+    def sample_targets(self, probabilities):
+        """One class per row of ``probabilities`` (``(N, C)``, rows summing
+        to 1), drawn from them on the device (inverse CDF of one uniform
+        per row, from NumPy's or CuPy's global generator)."""
+        xp = backend.get_array_module(probabilities)
+        u = xp.random.uniform(size=(probabilities.shape[0], 1)).astype(
+            probabilities.dtype)
+        cdf = xp.cumsum(probabilities, axis=1)
+        return xp.minimum((cdf < u).sum(axis=1),
+                          probabilities.shape[1] - 1).astype(numpy.int32)
 
     def _keep_loss(self, array):
         """Sums the micro-batches' losses (0-d, on the device) for the stale
@@ -347,6 +498,8 @@ class KFAC(optimizer.GradientMethod):
                 decisions = self.exchange_parameters(decisions)
             self._apply_schedule(decisions)
             self._report_schedule()
+            if self._adaptation is not None:
+                self.adapt_damping()
         self.reallocate_cleared_grads()
         self.call_hooks('post')
         self.update_loss_scale()
@@ -475,12 +628,16 @@ class KFAC(optimizer.GradientMethod):
                 continue
             names = self.schedule.inverse_due(step, stats,
                                               block.statistic_names)
+            if self._reinvert and getattr(block, 'inverse_method',
+                                          None) != 'eigen':
+                names = list(block.statistic_names)     # the damping moved
             names += [n for n in block.statistic_names
                       if block.inverse[n] is None and n not in names]
             if names:
                 with timed(self.timer, 'inversion'):
                     block.compute_inverses(hp.damping, hp.stab_coeff,
                                            self.pi_type, names, status, index)
+        self._reinvert = False
         return changes
 
     def update_parameters(self, status):
@@ -488,26 +645,48 @@ class KFAC(optimizer.GradientMethod):
         blocks (a block whose inversion failed or whose direction is not
         finite takes its plain gradient, decided on the device), and updates
         the parameters without a block by momentum SGD on their plain
-        gradient."""
+        gradient. With ``kl_clip`` every direction (and plain gradient) is
+        first scaled by :meth:`kl_scale`."""
+        if (self.damping_adaptation and
+                self.t % self.damping_adaptation_interval == 0):
+            params = [p for b in self.owned_blocks for p in b.params]
+            params += self.plain_params
+            self._adaptation = [(p, p.array.copy(), p.grad.copy())
+                                for p in params if p.grad is not None]
+        pending = []
+        for index, block in enumerate(self.owned_blocks):
+            block.eigen_damping = self.hyperparam.damping
+            prepared = self._precondition_block(block, status, index)
+            if prepared is not None:
+                pending.append(prepared)
+        scale = None
+        if self.kl_clip is not None:
+            scale = self._kl_scale = self.kl_scale(pending, status)
         with timed(self.timer, 'update'):
             for param in self.plain_params:
+                if scale is not None and param.grad is not None:
+                    param.grad *= scale
                 param.update()
-        for index, block in enumerate(self.owned_blocks):
-            self.update_block(block, status, index)
+            for prepared in pending:
+                self._apply_block(prepared, status, scale)
 
-    def update_block(self, block, status, index):
+    def _precondition_block(self, block, status, index):
+        """Begins the block's update rules and preconditions its gradients:
+        ``(block, index, params, rules, targets, grads, directions)``, or
+        None when the block was updated already (a disabled rule: plain
+        update) or has nothing to update."""
         params = block.params
         rules = [p.update_rule for p in params]
         if not all(r is not None and r.enabled for r in rules):
             for p in params:
                 p.update()
-            return
+            return None
         targets = []
         for param, rule in zip(params, rules):
             rule.t += 1
             targets.append(rule.begin(param))
         if any(t is None for t in targets):
-            return
+            return None
         grads = [t.grad for t in targets]
         with timed(self.timer, 'preconditioning'):
             directions = block.precondition(grads)
@@ -516,10 +695,110 @@ class KFAC(optimizer.GradientMethod):
             if directions is not grads:
                 for direction in directions:
                     ops.flag_nonfinite(direction, status.array, slot)
-            for param, rule, target, direction, grad in zip(
-                    params, rules, targets, directions, grads):
-                rule.apply(target, direction, grad, status.array, slot)
-                rule.finish(param, target)
+        return block, index, params, rules, targets, grads, directions
+
+    def _apply_block(self, prepared, status, scale=None):
+        block, index, params, rules, targets, grads, directions = prepared
+        slot = status.fallback_slot(index)
+        if scale is not None:
+            for direction in directions:
+                direction *= scale
+            if directions is not grads:       # the fallback's plain gradient
+                for grad in grads:
+                    grad *= scale
+        for param, rule, target, direction, grad in zip(
+                params, rules, targets, directions, grads):
+            rule.apply(target, direction, grad, status.array, slot)
+            rule.finish(param, target)
+
+    def adapt_damping(self):
+        """The Levenberg-Marquardt rule of ``damping_adaptation`` (see the
+        class docstring), after the step's parameters are final."""
+        lossfun, args, kwds, old_loss = self._last_batch
+        records, self._adaptation = self._adaptation, None
+        hp = self.hyperparam
+        saved = [(link, link.avg_mean.copy(), link.avg_var.copy())
+                 for link in self.target.links()
+                 if isinstance(link, chainer.links.BatchNormalization)
+                 and link.avg_mean is not None]
+        with chainer.no_backprop_mode(), chainer.Reporter().scope({}):
+            new_loss = lossfun(*args, **kwds).array
+        for link, mean, var in saved:
+            link.avg_mean[...] = mean
+            link.avg_var[...] = var
+        deltas = dict((id(p), (p.array - old, g)) for p, old, g in records)
+        model = 0.0
+        for block in self.owned_blocks:
+            pairs = [deltas.get(id(p)) for p in block.params]
+            if any(pair is None for pair in pairs):
+                continue
+            steps = [d for d, _ in pairs]
+            model = model + sum(_dot(g, d) for d, g in pairs) + 0.5 * (
+                block.curvature_quadratic(steps, hp.damping, hp.stab_coeff))
+        plain = 0.0
+        for p in self.plain_params:
+            if id(p) in deltas:
+                d, g = deltas[id(p)]
+                plain = plain + _dot(g, d) + 0.5 * hp.damping * _dot(d, d)
+        new, old, predicted = self.reduce_adaptation(
+            new_loss, old_loss, model, plain)
+        low, high = self.damping_bounds
+        omega = (19.0 / 20.0) ** self.damping_adaptation_interval
+        # a model that predicts no decrease (or a loss that is not finite)
+        # counts as the worst ratio
+        rho = ((new - old) / predicted if predicted < 0 else float('-inf'))
+        damping = float(hp.damping)
+        if rho > 0.75:
+            damping = max(low, damping * omega)
+        elif not rho >= 0.25:                # also NaN
+            damping = min(high, damping / omega)
+        if damping != hp.damping:
+            hp.damping = damping
+            self._reinvert = True
+        chainer.report({'kfac/damping': damping,
+                        'kfac/reduction_ratio': rho})
+
+    def reduce_adaptation(self, new_loss, old_loss, model, plain):
+        """``(L(theta + delta), L(theta), M(delta))`` as floats: one
+        process: these (one host read); DistributedKFAC: the losses' means
+        over the ranks and the model's sum (each owner's blocks, the plain
+        parameters once)."""
+        return float(new_loss), float(old_loss), float(model + plain)
+
+    def kl_scale(self, pending, status):
+        """KL clipping's ``nu = min(1, sqrt(kappa / (lr^2 S)))``, ``S`` the
+        sum over the blocks of ``Delta . g`` (the direction each block takes
+        this step: its preconditioned gradient, or its plain gradient when
+        it falls back, chosen on the device) plus ``g . g`` over the
+        parameters without a block (their direction is their gradient).
+        ``S`` is :meth:`reduce_kl_sum`'s (DistributedKFAC: over all ranks).
+        A 0-d device array in one process, a float in several."""
+        xp = self.target.xp
+        total = xp.zeros((), numpy.float64)
+        for block, index, params, rules, targets, grads, directions in pending:
+            plain = sum(_dot(g, g) for g in grads)
+            if directions is grads:
+                total = total + plain
+                continue
+            taken = sum(_dot(d, g) for d, g in zip(directions, grads))
+            fell_back = status.array[status.fallback_slot(index)] != 0
+            total = total + xp.where(fell_back, plain, taken)
+        total = self.reduce_kl_sum(total, [p.grad for p in self.plain_params
+                                           if p.grad is not None])
+        lr2 = float(self.hyperparam.lr) ** 2
+        if isinstance(total, float):
+            return min(1.0, float(numpy.sqrt(self.kl_clip / (lr2 * total))))\
+                if lr2 * total > 0 else 1.0
+        bound = xp.sqrt(self.kl_clip / xp.maximum(lr2 * total, 1e-300))
+        return xp.minimum(1.0, xp.where(lr2 * total > 0, bound, 1.0))
+
+    def reduce_kl_sum(self, blocks_sum, plain_grads):
+        """The sum ``S`` of :meth:`kl_scale` from this process's blocks'
+        part and the plain parameters' gradients (one process: all of it,
+        on the device)."""
+        for g in plain_grads:
+            blocks_sum = blocks_sum + _dot(g, g)
+        return blocks_sum
 
     def settle(self, changes, status):
         """The step's one device-to-host transfer, and what the host does
@@ -537,10 +816,18 @@ class KFAC(optimizer.GradientMethod):
         checks = self.device_checks()
         loss = self.step_loss()
         present = sorted(self._present)
-        statuses, values, losses, check_values, presence = step_status.fetch(
+        scale = self._kl_scale
+        device_scale = [] if scale is None or isinstance(scale, float) else [
+            scale.astype(numpy.float32)]
+        (statuses, values, losses, check_values, presence,
+         scales) = step_status.fetch(
             status.array, [changes[k] for k in on_device],
             [] if loss is None else [loss], checks,
-            [self._present[k] for k in present])
+            [self._present[k] for k in present], device_scale)
+        if scale is not None:
+            chainer.report({'kfac/kl_scale': float(scales[0]) if len(scales)
+                            else scale})
+            self._kl_scale = None
         absent = set(k for k, v in zip(present, presence) if v == 0)
         self.verify_device_checks(check_values)
         width = step_status.SLOTS_PER_BLOCK
@@ -596,6 +883,9 @@ class KFAC(optimizer.GradientMethod):
                 'updater iterations'.format(self._micro_step,
                                              self.acc_iters))
         super(KFAC, self).serialize(serializer)
+        if self.damping_adaptation:
+            self.hyperparam.damping = float(serializer(
+                'adapted_damping', self.hyperparam.damping))
         self.schedule.serialize(serializer['schedule'])
         blocks = serializer['fisher_blocks']
         for block in self.fisher_blocks:

@@ -74,7 +74,7 @@ SCHEMA = collections.OrderedDict([
                   'every step, as the original code ran (the CVPR paper '
                   'describes refreshing the factors less often after the '
                   'first iterations: secondary source, not in its code)')),
-    ('stale_threshold', Key(0.2, check.number(0, lo_open=True),
+    ('stale_threshold', Key(0.1, check.number(0, lo_open=True),
                             'stale rule: the drift of a statistic (relative '
                             'Frobenius change of its expectation, sampling '
                             'noise removed) each interval aims at')),

@@ -2,11 +2,13 @@
 batch (each rank writes OUT/rank<r>.json, rank_record.py: its checks and its
 parameters' largest difference from the one-process run).
 
-    dropin.py MODE --out OUT     MODE: clipping, skip_all, indices
+    dropin.py MODE --out OUT     MODE: clipping, skip_all, indices, and the
+                                 curvature options eigen, kl_clip, mc, lm
 """
 import sys
 
 import chainerkfac  # NOQA: I100 (first: makes Chainer importable on NumPy 2)
+import chainer
 import chainer.functions as F
 import numpy
 from chainer import optimizer_hooks
@@ -15,6 +17,25 @@ import nets
 import rank_record
 
 STEPS = 6
+#: the curvature options of issue 18, each a run of its own
+OPTIONS = {'eigen': dict(inverse='eigen'), 'kl_clip': dict(kl_clip=1e-4),
+           'mc': dict(fisher='mc', mc_samples=2),
+           'lm': dict(damping_adaptation=True, damping_adaptation_interval=1)}
+
+
+def shared_sampler(opt, uniforms, rows):
+    """Makes ``opt`` draw its Monte-Carlo targets from ``uniforms`` (one row
+    per call, one value per example of the global batch), taking ``rows``:
+    the same example gets the same target in the distributed run and in the
+    one-process one."""
+    calls = iter(uniforms)
+
+    def sample_targets(probabilities):
+        u = next(calls)[rows][:, None].astype(probabilities.dtype)
+        cdf = numpy.cumsum(probabilities, axis=1)
+        return numpy.minimum((cdf < u).sum(axis=1),
+                             probabilities.shape[1] - 1).astype(numpy.int32)
+    opt.sample_targets = sample_targets
 KWARGS = dict(lr=0.05, momentum=0.9, damping=1e-2, cov_ema_decay=0.5,
               stale_warmup=2, stale_threshold=1.0)
 
@@ -34,11 +55,18 @@ class Branchy(nets.ConvNet):
 
 
 def run(opt, model, data, slicer, skip_every=0):
+    """Trains; returns each step's report (``chainer.report``)."""
+    reports = []
     for step, (x, t) in enumerate(data, 1):
         xs, ts = slicer(x), slicer(t)
         skip = bool(skip_every) and step % skip_every == 0
-        opt.update(model, xs, ts, skip) if skip_every else opt.update(
-            model, xs, ts)
+        reports.append({})
+        with chainer.Reporter().scope(reports[-1]):
+            if skip_every:
+                opt.update(model, xs, ts, skip)
+            else:
+                opt.update(model, xs, ts)
+    return reports
 
 
 def main():
@@ -55,19 +83,31 @@ def main():
     cls = Branchy if mode == 'skip_all' else nets.ConvNet
     model = nets.make(cls, seed=100 + rank)    # rank 0's are broadcast
     ref = nets.make(cls, seed=100)
-    opt = chainerkfac.DistributedKFAC(comm, **KWARGS)
-    ref_opt = chainerkfac.KFAC(**KWARGS)
+    kwargs = dict(KWARGS, **OPTIONS.get(mode, {}))
+    opt = chainerkfac.DistributedKFAC(comm, **kwargs)
+    ref_opt = chainerkfac.KFAC(**kwargs)
     opt.setup(model)
     ref_opt.setup(ref)
     if mode == 'indices':
         record['indices'] = opt.indices     # after setup, as the original
+    if mode == 'mc':
+        uniforms = numpy.random.RandomState(9).uniform(
+            size=(2 * STEPS, local * size))
+        shared_sampler(opt, uniforms, slice(rank * local, (rank + 1) * local))
+        shared_sampler(ref_opt, uniforms, slice(None))
     if mode == 'clipping':
         for o in (opt, ref_opt):
             o.add_hook(optimizer_hooks.GradientClipping(0.3))
     skip_every = 3 if mode == 'skip_all' else 0
-    run(opt, model, data, lambda a: a[rank * local:(rank + 1) * local],
-        skip_every)
-    run(ref_opt, ref, data, lambda a: a, skip_every)
+    reports = run(opt, model, data,
+                  lambda a: a[rank * local:(rank + 1) * local], skip_every)
+    ref_reports = run(ref_opt, ref, data, lambda a: a, skip_every)
+    if mode == 'kl_clip':
+        record['kl_scales'] = [float(r['kfac/kl_scale']) for r in reports]
+    if mode == 'lm':
+        record['damping'] = [float(opt.damping), float(ref_opt.damping)]
+        record['ratios'] = [[float(r['kfac/reduction_ratio']) for r in rs]
+                            for rs in (reports, ref_reports)]
     if mode == 'indices':
         record['indices_after'] = opt.indices
         record['owned'] = [opt.fisher_blocks.index(b)
