@@ -928,7 +928,8 @@ def select_device(args, comm):
 
 def main(argv=None):
     allocator.configure_allocator()  # reuse freed host memory (no-op on GPU)
-    chainerkfac.use_float64_bn_statistics()  # CPU BN batch sums in float64 (README)
+    # CPU BN batch sums in float64 (README)
+    chainerkfac.use_float64_bn_statistics()
     args = parse_args(argv)
     comm = chainerkfac.create_communicator('mpi')
     device = select_device(args, comm)

@@ -139,7 +139,8 @@ def _sctypes():
             if t is not None and t not in sctypes[kind]:
                 sctypes[kind].append(t)
     intp = numpy.dtype('p').type
-    if intp not in sctypes['int']:  # only where intp is none of the sized types
+    # only where intp is none of the sized types
+    if intp not in sctypes['int']:
         ints = sctypes['int']
         i = 0
         while i < len(ints) and intp(0).itemsize >= ints[i](0).itemsize:
@@ -174,10 +175,12 @@ def _imports(name):
         return True
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter('ignore')  # numpy.distutils' deprecation warning
+            # numpy.distutils' deprecation warning
+            warnings.simplefilter('ignore')
             importlib.import_module(name)
         return True
-    except Exception:  # ImportError; or a numpy.distutils broken some other way
+    # ImportError; or a numpy.distutils broken some other way
+    except Exception:
         return False
 
 
@@ -185,15 +188,18 @@ def _stub_numpy_distutils_system_info():
     """Stub numpy.distutils.system_info where it cannot be imported; True if
     stubbed."""
     if _imports('numpy.distutils.system_info'):
-        return False  # the real one (Python <= 3.11): Chainer imports it itself
+        # the real one (Python <= 3.11): Chainer imports it itself
+        return False
     distutils = sys.modules.get('numpy.distutils')
     if distutils is None:
-        distutils = _stub_module('numpy.distutils', 'only system_info, for Chainer.')
+        distutils = _stub_module('numpy.distutils',
+                                 'only system_info, for Chainer.')
         distutils.__path__ = []
         distutils.__spec__.submodule_search_locations = []
         sys.modules['numpy.distutils'] = distutils
         numpy.distutils = distutils
-    info = _stub_module('numpy.distutils.system_info', 'get_info() finds nothing.')
+    info = _stub_module('numpy.distutils.system_info',
+                        'get_info() finds nothing.')
     info.get_info = lambda name, notfound_action=0: {}
     distutils.system_info = info
     sys.modules['numpy.distutils.system_info'] = info
@@ -209,7 +215,8 @@ def _check_chainer_version():
     if not found.startswith(_SUPPORTED_CHAINER):
         raise ImportError(
             'chainerkfac runs Chainer on NumPy %s only for Chainer 7.8.1, '
-            'found Chainer %s: install chainer==7.8.1' % (numpy.__version__, found))
+            'found Chainer %s: install chainer==7.8.1'
+            % (numpy.__version__, found))
 
 
 def _check_pkg_resources():
@@ -255,8 +262,10 @@ def kernel_source(build):
     def raw(code, name, *args, **kwargs):
         calls.append((code, name))
 
-    recorder = _Overlay(chainer_module, cuda=_Overlay(chainer_module.cuda, raw=raw))
-    types.FunctionType(build.__code__, dict(build.__globals__, chainer=recorder),
+    recorder = _Overlay(chainer_module,
+                        cuda=_Overlay(chainer_module.cuda, raw=raw))
+    types.FunctionType(build.__code__,
+                       dict(build.__globals__, chainer=recorder),
                        build.__name__, build.__defaults__, build.__closure__)()
     (code, name), = calls
     return code, name
@@ -273,7 +282,8 @@ class _Overlay(object):
         return getattr(self._base, name)
 
 
-def _raw_with_fp16_header():  # the patched builders' code; globals set per kernel
+def _raw_with_fp16_header():
+    # the patched builders' code; globals set per kernel
     # chainer.cuda.raw compiles (and memoizes per source and name) the kernel.
     return chainer.cuda.raw(code, name)  # noqa: F821 (globals given below)
 
@@ -289,7 +299,8 @@ def _with_fp16_header(module, attr):
     # A plain function of its own globals, so kernel_source() can read it too.
     patched = types.FunctionType(
         _raw_with_fp16_header.__code__,
-        {'chainer': module.chainer, 'code': _FP16_INCLUDE + code, 'name': name},
+        {'chainer': module.chainer, 'code': _FP16_INCLUDE + code,
+         'name': name},
         attr)
     patched.__qualname__ = attr
     patched.__wrapped__ = build
@@ -329,7 +340,8 @@ def _unpack_params_copy_if_needed(module):
     # chainer.backend.get_array_module) instead of the real one.
     view = _Overlay(chainer, backend=_Overlay(chainer.backend,
                                               get_array_module=get_array_module))
-    patched = types.FunctionType(unpack.__code__, dict(unpack.__globals__, chainer=view),
+    patched = types.FunctionType(unpack.__code__,
+                                 dict(unpack.__globals__, chainer=view),
                                  unpack.__name__, unpack.__defaults__,
                                  unpack.__closure__)
     patched.__doc__ = unpack.__doc__
@@ -350,14 +362,15 @@ def patch_chainermn_memory_utility(module=None):
         module = sys.modules[_MEMORY_UTILITY]
     steps = [(attr, functools.partial(_with_fp16_header, module, attr))
              for attr in _HALF_KERNELS]
-    steps.append(('unpack_params', functools.partial(_unpack_params_copy_if_needed,
-                                                     module)))
+    steps.append(('unpack_params',
+                  functools.partial(_unpack_params_copy_if_needed, module)))
     patched = []
     for attr, patch in steps:
         try:
             if patch():
                 patched.append('%s.%s' % (_MEMORY_UTILITY, attr))
-        except Exception as e:  # pragma: no cover (a ChainerMN other than 7.8.1)
+        # (a ChainerMN other than 7.8.1)
+        except Exception as e:  # pragma: no cover
             warnings.warn('chainerkfac._compat: %s.%s left unpatched (%s: %s)'
                           % (_MEMORY_UTILITY, attr, type(e).__name__, e))
     return patched

@@ -8,7 +8,8 @@ is called by :func:`chainerkfac.create_communicator` (every rank,
 single-process program calls it itself::
 
     import chainerkfac
-    chainerkfac.configure_threads()          # or configure_threads(4), or None: leave them
+    chainerkfac.configure_threads()   # or configure_threads(4), or
+                                      # configure_threads(None): leave them
 
 Nothing happens at import time.
 
@@ -79,8 +80,8 @@ logger = logging.getLogger(__name__)
 
 #: variables that choose BLAS/OpenMP threads; any of them set: nothing is
 #: changed
-USER_VARIABLES = ('OPENBLAS_NUM_THREADS', 'GOTO_NUM_THREADS', 'OMP_NUM_THREADS',
-                  'MKL_NUM_THREADS', 'BLIS_NUM_THREADS')
+USER_VARIABLES = ('OPENBLAS_NUM_THREADS', 'GOTO_NUM_THREADS',
+                  'OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'BLIS_NUM_THREADS')
 #: launchers' node-local process counts (MPICH's Hydra, Open MPI), read when no
 #: communicator is given
 LOCAL_SIZE_VARIABLES = ('MPI_LOCALNRANKS', 'OMPI_COMM_WORLD_LOCAL_SIZE')
@@ -98,7 +99,8 @@ ThreadSetting = collections.namedtuple(
 
 _setting = None
 _rank_zero = True       # whether this process logged _setting at INFO
-_shown = False          # whether _setting's line went to log_to_stderr's handler
+# whether _setting's line went to log_to_stderr's handler
+_shown = False
 
 
 def default_threads(cores, local_ranks=1, pools=1):
@@ -223,7 +225,8 @@ def _threadpoolctl():
 
 def _blas_pools(threadpoolctl):
     info = threadpoolctl.threadpool_info()
-    return max(1, len({i['filepath'] for i in info if i['user_api'] == 'blas'}))
+    return max(1, len({i['filepath'] for i in info
+                       if i['user_api'] == 'blas'}))
 
 
 def _s(n):
@@ -312,8 +315,8 @@ def configure_threads(threads='auto', comm=None):
                        count, pools, 'y' if pools == 1 else 'ies', where))
     else:
         count, source = threads, 'argument'
-        message = 'chainerkfac: BLAS threads set to {} (blas_threads={})'.format(
-            count, threads)
+        message = ('chainerkfac: BLAS threads set to {} (blas_threads={})'
+                   .format(count, threads))
     threadpoolctl.threadpool_limits(limits=count)
     _setting = ThreadSetting(count, source, local, cores, pools, message)
     _announce(message, is_rank_zero)

@@ -102,7 +102,8 @@ def without_mpi(hide):
                                           os.path.dirname(chainerkfac.__file__)))
     here = os.path.dirname(chainerkfac.__file__)
     kernels = glob.glob(os.path.join(here, 'cuda', 'kernels', '*.cu'))
-    assert kernels and os.path.exists(os.path.join(here, 'cuda', 'emulation.h')), \
+    assert kernels and os.path.exists(
+        os.path.join(here, 'cuda', 'emulation.h')), \
         'the CUDA sources were not installed with the package'
     assert not _compat.float64_bn_statistics_enabled(), \
         'import chainerkfac switched on float64 BN statistics'
@@ -126,7 +127,8 @@ def without_mpi(hide):
     for what, call in (
             ("create_communicator('mpi')",
              lambda: chainerkfac.create_communicator('mpi')),
-            ('DistributedKFAC(...)', lambda: chainerkfac.DistributedKFAC(None)),
+            ('DistributedKFAC(...)',
+             lambda: chainerkfac.DistributedKFAC(None)),
             ('chainerkfac.communicators.MpiCommunicator',
              lambda: chainerkfac.communicators.MpiCommunicator)):
         print('{}: {}'.format(what, one_line_error(call, what)))

@@ -29,12 +29,13 @@ def gpu_unavailable_reason():
         return 'no CuPy (import cupy: %s: %s)' % (type(e).__name__, first_line)
     try:
         available = cupy.is_available()
-    except Exception as e:  # CuPy 13 without a driver: cudaErrorInsufficientDriver
-        return 'no CUDA device (CuPy %s: cupy.is_available() raised %s: %s)' % (
-            cupy.__version__, type(e).__name__, e)
+    # CuPy 13 without a driver: cudaErrorInsufficientDriver
+    except Exception as e:
+        return ('no CUDA device (CuPy %s: cupy.is_available() raised %s: %s)'
+                % (cupy.__version__, type(e).__name__, e))
     if not available:
-        return 'no CUDA device (CuPy %s imports, cupy.is_available() is False)' % (
-            cupy.__version__)
+        return ('no CUDA device (CuPy %s imports, cupy.is_available() is '
+                'False)' % (cupy.__version__))
     return None
 
 

@@ -34,14 +34,16 @@ PROBE = textwrap.dedent('''
     r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(10):
         a = numpy.ones(8 << 20); del a
-    print('faults', (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0) / 10.)
+    print('faults',
+          (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0) / 10.)
 ''')
 
 
 def _probe(mode, **env_vars):
     env = dict(os.environ, PYTHONPATH=ROOT)
     env.pop(allocator.OPT_OUT, None)
-    for name in ('MALLOC_MMAP_MAX_', 'MALLOC_TRIM_THRESHOLD_', 'MALLOC_TOP_PAD_'):
+    for name in ('MALLOC_MMAP_MAX_', 'MALLOC_TRIM_THRESHOLD_',
+                 'MALLOC_TOP_PAD_'):
         env.pop(name, None)
     env.update(env_vars)
     proc = subprocess.run([sys.executable, '-c', PROBE, mode], env=env,
@@ -134,8 +136,10 @@ def test_cpu_large_batch_switches_the_bn_patch_and_reports():
              rows=[row('SGD', False, 5.0), row('K-FAC', False, 16.0),
                    row('SGD', True, 5.0), row('K-FAC', True, 16.0)])]
     text = '\n'.join(bench.report(results))
-    assert 'DemoCNN batch 4096 SGD: 10.00 -> 5.00 s/step, 2.00x (target >= 1.3x: met)' \
-        in text
-    assert 'K-FAC: 20.00 -> 16.00 s/step, 1.25x (target >= 1.3x: NOT met)' in text
-    assert '0.700 s/step before LAPACK (README) -> 0.100 now: 7.0x (target >= 3x: ' \
-        'met); default allocator today 0.200 -> 0.100: 2.00x' in text
+    assert ('DemoCNN batch 4096 SGD: 10.00 -> 5.00 s/step, 2.00x (target >= '
+            '1.3x: met)') in text
+    assert ('K-FAC: 20.00 -> 16.00 s/step, 1.25x (target >= 1.3x: NOT met)'
+            in text)
+    assert ('0.700 s/step before LAPACK (README) -> 0.100 now: 7.0x (target '
+            '>= 3x: met); default allocator today 0.200 -> 0.100: 2.00x'
+            in text)

@@ -20,7 +20,8 @@ def test_block_cost_of_a_linear_block():
 
 
 def test_count_is_the_original_contiguous_split():
-    assert assignment.assign_blocks([1] * 7, 3, 'count') == [0, 0, 0, 1, 1, 2, 2]
+    assert assignment.assign_blocks([1] * 7, 3, 'count') == \
+        [0, 0, 0, 1, 1, 2, 2]
 
 
 def test_more_ranks_than_blocks():

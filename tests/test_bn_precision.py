@@ -118,7 +118,8 @@ PLAIN_IMPORT = textwrap.dedent('''
     rs = numpy.random.RandomState(0)
     conv = L.Convolution2D(1, 3, 3, pad=1,
                            initialW=rs.randn(3, 1, 3, 3).astype(numpy.float32),
-                           initial_bias=numpy.array([1.5, -2.0, 0.7], numpy.float32))
+                           initial_bias=numpy.array([1.5, -2.0, 0.7],
+                                                    numpy.float32))
     x = conv((rs.rand(%d, 1, 6, 6) * 2).astype(numpy.float32)).array
     layer = L.BatchNormalization(3, decay=0.0)
     layer(x)
@@ -164,7 +165,8 @@ def test_use_float64_bn_statistics_switches_and_restores(conv_output):
     own = {a: vars(impl)[a] for a in _compat._BN_METHODS}
     assert not _compat.float64_bn_statistics_enabled()
     mean, var = _bn_statistics(x)
-    assert numpy.array_equal(mean, chainer_mean) and _rel(var, var64) > 10 * TOL
+    assert (numpy.array_equal(mean, chainer_mean)
+            and _rel(var, var64) > 10 * TOL)
 
     assert chainerkfac.use_float64_bn_statistics() is False
     assert _compat.float64_bn_statistics_enabled()
@@ -177,7 +179,8 @@ def test_use_float64_bn_statistics_switches_and_restores(conv_output):
     assert chainerkfac.use_float64_bn_statistics(False) is True
     assert {a: vars(impl)[a] for a in own} == own   # Chainer's own objects
     mean, var = _bn_statistics(x)
-    assert numpy.array_equal(mean, chainer_mean) and _rel(var, var64) > 10 * TOL
+    assert (numpy.array_equal(mean, chainer_mean)
+            and _rel(var, var64) > 10 * TOL)
     assert chainerkfac.use_float64_bn_statistics(False) is False
 
 
@@ -224,7 +227,8 @@ def test_batch_normalization_forward_and_backward(conv_output, rolled,
     assert _rel(running_mean, mean) < TOL
     assert _rel(running_var, var * m / (m - 1)) < TOL
     y64 = gamma[None, :, None, None] * x_hat + beta[None, :, None, None]
-    assert numpy.max(numpy.abs(y.array - y64)) < TOL * numpy.max(numpy.abs(y64))
+    assert (numpy.max(numpy.abs(y.array - y64))
+            < TOL * numpy.max(numpy.abs(y64)))
     assert numpy.max(numpy.abs(xv.grad - gx)) < TOL * numpy.max(numpy.abs(gx))
 
     # The backward sums, against float64 sums of the normalised input the
@@ -240,7 +244,8 @@ def test_batch_normalization_forward_and_backward(conv_output, rolled,
     ggamma = (gy64 * x_hat32).sum(AXIS)
     assert _rel(bv.grad, gbeta) < TOL
     assert _rel(gv.grad, ggamma) < TOL
-    original = bn.GeneralBatchNormalizationImpl.get_ggamma_and_gbeta.__wrapped__
+    original = \
+        bn.GeneralBatchNormalizationImpl.get_ggamma_and_gbeta.__wrapped__
     gbeta32, ggamma32 = original(None, AXIS, gamma, gy, x_hat32, numpy)
     if rolled:  # unpatched, the sums are off
         assert max(_rel(gbeta32, gbeta), _rel(ggamma32, ggamma)) > TOL
@@ -262,7 +267,8 @@ def test_convolution_block_statistics(conv_output):
     block.backward(function, (x, w, b), gy, 1.0)
     stats = block.take_statistics()
 
-    p64 = convolution_2d.patches_matrix(x, 3, 3, function).astype(numpy.float64)
+    p64 = convolution_2d.patches_matrix(x, 3, 3, function).astype(
+        numpy.float64)
     d = p64.shape[0]
     a64 = numpy.empty((d + 1, d + 1))
     a64[:d, :d] = p64 @ p64.T
@@ -341,10 +347,12 @@ def _function_source(path, name):
      'chainerkfac.use_float64_bn_statistics()'),
     ('examples/mnist/train.py', 'main', 'support.setup_processes('),
     ('examples/cifar10/train.py', 'main', 'support.setup_processes('),
-    ('benchmarks/step_time.py', 'main', 'chainerkfac.use_float64_bn_statistics()'),
+    ('benchmarks/step_time.py', 'main',
+     'chainerkfac.use_float64_bn_statistics()'),
     ('benchmarks/stale_accuracy.py', 'main',
      'chainerkfac.use_float64_bn_statistics()'),
-    ('benchmarks/scaling.py', 'worker', 'chainerkfac.use_float64_bn_statistics()'),
+    ('benchmarks/scaling.py', 'worker',
+     'chainerkfac.use_float64_bn_statistics()'),
 ])
 def test_entry_points_ask_for_float64_bn_statistics(path, function, call):
     """What import used to do for every model, the entry points that train

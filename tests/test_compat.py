@@ -30,9 +30,10 @@ COMPAT_PY = os.path.join(ROOT, 'chainerkfac', '_compat.py')
 def _python(code):
     """Run code in a fresh interpreter (nothing imported yet); return
     stdout."""
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
-    proc = subprocess.run([sys.executable, '-c', textwrap.dedent(code)], env=env,
-                          capture_output=True, text=True, timeout=240)
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep
+               + os.environ.get('PYTHONPATH', ''))
+    proc = subprocess.run([sys.executable, '-c', textwrap.dedent(code)],
+                          env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
 
@@ -105,12 +106,14 @@ def test_numpy_distutils_stub_when_numpy_ships_none():
         import sys, importlib.abc
         class Hide(importlib.abc.MetaPathFinder):
             def find_spec(self, name, path=None, target=None):
-                if name == 'numpy.distutils' or name.startswith('numpy.distutils.'):
+                if (name == 'numpy.distutils'
+                        or name.startswith('numpy.distutils.')):
                     raise ModuleNotFoundError(name)
         sys.meta_path.insert(0, Hide())
         import chainerkfac, chainer
         info = sys.modules['numpy.distutils.system_info']
-        assert not hasattr(info, '__file__') and info.get_info('blas_opt') == {}
+        assert not hasattr(info, '__file__')
+        assert info.get_info('blas_opt') == {}
         print('OK')
     ''')
     assert out.split() == ['OK']
@@ -118,7 +121,8 @@ def test_numpy_distutils_stub_when_numpy_ships_none():
 
 def test_numpy_distutils_stub_exactly_where_numpy_ships_none():
     # The real case on Python 3.12 (.venv-py312*), the real module elsewhere.
-    ships = os.path.isdir(os.path.join(os.path.dirname(numpy.__file__), 'distutils'))
+    ships = os.path.isdir(os.path.join(os.path.dirname(numpy.__file__),
+                                       'distutils'))
     out = _python('''
         import sys, chainerkfac
         info = sys.modules['numpy.distutils.system_info']
@@ -128,13 +132,15 @@ def test_numpy_distutils_stub_exactly_where_numpy_ships_none():
 
 
 def test_real_numpy_distutils_left_alone():
-    if not os.path.isdir(os.path.join(os.path.dirname(numpy.__file__), 'distutils')):
+    if not os.path.isdir(os.path.join(os.path.dirname(numpy.__file__),
+                                      'distutils')):
         pytest.skip('this NumPy ships no numpy.distutils (Python >= 3.12)')
     out = _python('''
         import sys, chainerkfac, chainer
         print(sys.modules['numpy.distutils.system_info'].__file__)
     ''')
-    assert out.strip().endswith(os.path.join('numpy', 'distutils', 'system_info.py'))
+    assert out.strip().endswith(os.path.join('numpy', 'distutils',
+                                             'system_info.py'))
 
 
 def test_missing_pkg_resources_gives_clear_error():
@@ -201,14 +207,17 @@ def test_conv_bn_linear_momentum_sgd(rng):
         losses.append(float(loss.array))
         assert loss.dtype == numpy.float32
         for n, p in model.namedparams():
-            assert p.array.dtype == numpy.float32 and grads[n].dtype == numpy.float32
+            assert (p.array.dtype == numpy.float32
+                    and grads[n].dtype == numpy.float32)
             assert numpy.isfinite(grads[n]).all()
             v = momentum * velocity.get(n, 0) - lr * grads[n]
             velocity[n] = v
-            numpy.testing.assert_allclose(p.array, before[n] + v, rtol=1e-5, atol=1e-6)
+            numpy.testing.assert_allclose(p.array, before[n] + v, rtol=1e-5,
+                                          atol=1e-6)
     assert losses[-1] < losses[0]
     bn = model.predictor.bn
-    assert bn.avg_mean.dtype == numpy.float32 and numpy.isfinite(bn.avg_var).all()
+    assert (bn.avg_mean.dtype == numpy.float32
+            and numpy.isfinite(bn.avg_var).all())
     with chainer.using_config('train', False):
         y = model.predictor(x)
     assert y.shape == (6, 3) and y.dtype == numpy.float32
@@ -221,19 +230,26 @@ def test_batch_normalization_statistics(rng):
     mean = x.mean(axis=(0, 2, 3))
     var = x.var(axis=(0, 2, 3))
     m = x.size // 3
-    numpy.testing.assert_allclose(bn.avg_mean, 0.1 * mean, rtol=1e-5, atol=1e-7)
-    numpy.testing.assert_allclose(bn.avg_var, 0.9 + 0.1 * var * m / (m - 1), rtol=1e-5)
-    expect = (x - mean[:, None, None]) / numpy.sqrt(var[:, None, None] + bn.eps)
+    numpy.testing.assert_allclose(bn.avg_mean, 0.1 * mean, rtol=1e-5,
+                                  atol=1e-7)
+    numpy.testing.assert_allclose(bn.avg_var, 0.9 + 0.1 * var * m / (m - 1),
+                                  rtol=1e-5)
+    expect = ((x - mean[:, None, None])
+              / numpy.sqrt(var[:, None, None] + bn.eps))
     numpy.testing.assert_allclose(y.array, expect, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize('dtype', [numpy.float16, numpy.float32, numpy.float64])
+@pytest.mark.parametrize('dtype',
+                         [numpy.float16, numpy.float32, numpy.float64])
 def test_as_strided_forward_backward(dtype):
     x = chainer.Variable(numpy.arange(10).astype(dtype))
-    y = F.as_strided(x, (4, 4), (1, 1))  # overlapping windows: the backward path
-    numpy.testing.assert_array_equal(y.array, numpy.arange(4)[:, None] + numpy.arange(4))
+    # overlapping windows: the backward path
+    y = F.as_strided(x, (4, 4), (1, 1))
+    numpy.testing.assert_array_equal(
+        y.array, numpy.arange(4)[:, None] + numpy.arange(4))
     F.sum(y).backward()
-    counts = numpy.bincount((numpy.arange(4)[:, None] + numpy.arange(4)).ravel(), minlength=10)
+    counts = numpy.bincount(
+        (numpy.arange(4)[:, None] + numpy.arange(4)).ravel(), minlength=10)
     assert x.grad.dtype == dtype
     numpy.testing.assert_array_equal(x.grad, counts)
 
@@ -242,8 +258,9 @@ def test_as_strided_gradient_check(rng):
     from chainer import gradient_check
     x = rng.randn(12)
     gy = rng.randn(3, 4)
-    gradient_check.check_backward(lambda a: F.as_strided(a, (3, 4), (2, 1), 1), x, gy,
-                                  dtype=numpy.float64)
+    gradient_check.check_backward(
+        lambda a: F.as_strided(a, (3, 4), (2, 1), 1), x, gy,
+        dtype=numpy.float64)
 
 
 def test_as_strided_grad_rejects_non_float():
@@ -259,8 +276,10 @@ def test_im2col_and_convolution(rng):
     x = rng.uniform(-1, 1, (2, 3, 5, 5)).astype(numpy.float32)
     w = rng.uniform(-1, 1, (4, 3, 3, 3)).astype(numpy.float32)
     col = conv.im2col_cpu(x, 3, 3, 1, 1, 1, 1)
-    numpy.testing.assert_array_equal(F.im2col(x, 3, 1, 1).array, col.reshape(2, 27, 5, 5))
-    expect = numpy.tensordot(col, w, ((1, 2, 3), (1, 2, 3))).transpose(0, 3, 1, 2)
+    numpy.testing.assert_array_equal(F.im2col(x, 3, 1, 1).array,
+                                     col.reshape(2, 27, 5, 5))
+    expect = numpy.tensordot(col, w, ((1, 2, 3), (1, 2, 3))).transpose(
+        0, 3, 1, 2)
     numpy.testing.assert_allclose(F.convolution_2d(x, w, pad=1).array, expect,
                                   rtol=1e-5, atol=1e-5)
 
@@ -273,7 +292,8 @@ def test_npz_round_trip_and_trainer(rng, tmp_path):
     x, t = _data(rng)
     opt = chainer.optimizers.MomentumSGD(0.01)
     opt.setup(model)
-    it = chainer.iterators.SerialIterator(chainer.datasets.TupleDataset(x, t), 3)
+    it = chainer.iterators.SerialIterator(
+        chainer.datasets.TupleDataset(x, t), 3)
     trainer = training.Trainer(training.updaters.StandardUpdater(it, opt),
                                (2, 'iteration'), out=str(tmp_path))
     trainer.extend(extensions.LogReport(trigger=(1, 'iteration')))
@@ -286,10 +306,12 @@ def test_npz_round_trip_and_trainer(rng, tmp_path):
     other = L.Classifier(_Net())
     other(x, t)
     chainer.serializers.load_npz(path, other)
-    for (n, p), (n2, q) in zip(sorted(model.namedparams()), sorted(other.namedparams())):
+    for (n, p), (n2, q) in zip(sorted(model.namedparams()),
+                               sorted(other.namedparams())):
         assert n == n2
         numpy.testing.assert_array_equal(p.array, q.array)
-    numpy.testing.assert_array_equal(model.predictor.bn.avg_var, other.predictor.bn.avg_var)
+    numpy.testing.assert_array_equal(model.predictor.bn.avg_var,
+                                     other.predictor.bn.avg_var)
 
 
 # --- (c) ChainerMN's _memory_utility: `half` kernels and copy=False ----------
@@ -313,7 +335,8 @@ def _sources(kernel):
     """(unpatched, patched) (source, name) of one of ChainerMN's kernel
     builders."""
     patched = getattr(memory_utility, kernel)
-    return _compat.kernel_source(patched.__wrapped__), _compat.kernel_source(patched)
+    return (_compat.kernel_source(patched.__wrapped__),
+            _compat.kernel_source(patched))
 
 
 @pytest.mark.parametrize('kernel', KERNELS)
@@ -358,7 +381,8 @@ def test_chainermn_imported_first_is_patched_at_chainerkfac_import():
         from chainermn.communicators import _memory_utility as m
         before = m.unpack_params
         import chainerkfac
-        print(m.unpack_params is not before, m.unpack_params.__wrapped__ is before)
+        print(m.unpack_params is not before,
+              m.unpack_params.__wrapped__ is before)
     ''')
     assert out.split() == ['True', 'True']
 
@@ -375,7 +399,8 @@ def _cupy_include():
     if cupy is None:
         pytest.skip('CuPy is not installed (its headers are tested in '
                     '.venv-numpy2)')
-    return os.path.join(os.path.dirname(cupy.__file__), '_core', 'include'), cupy
+    return (os.path.join(os.path.dirname(cupy.__file__), '_core', 'include'),
+            cupy)
 
 
 def _carray_include(tmp_path, header):
@@ -384,7 +409,8 @@ def _carray_include(tmp_path, header):
     if header == 'cupy14-stand-in':  # CuPy 14: fp16 moved out of carray.cuh
         return _write_carray(tmp_path, header, ''), False
     if header == 'cupy13-stand-in':  # CuPy <= 13: carray.cuh includes it
-        return _write_carray(tmp_path, header, '#include <cuda_fp16.h>\n'), True
+        return (_write_carray(tmp_path, header, '#include <cuda_fp16.h>\n'),
+                True)
     include, cupy = _cupy_include()
     return include, int(cupy.__version__.split('.')[0]) < 14
 
@@ -401,7 +427,8 @@ def _nvcc(tmp_path, source, include):
 
 
 @pytest.mark.skipif(NVCC is None, reason='nvcc is not on PATH')
-@pytest.mark.parametrize('header', ['cupy14-stand-in', 'cupy13-stand-in', 'installed-cupy'])
+@pytest.mark.parametrize('header', ['cupy14-stand-in', 'cupy13-stand-in',
+                                    'installed-cupy'])
 @pytest.mark.parametrize('kernel', KERNELS)
 def test_kernel_compiles_with_nvcc(kernel, header, tmp_path):
     include, defines_half = _carray_include(tmp_path, header)
@@ -425,7 +452,8 @@ def _cuda_include_dirs():
     except ImportError:  # CuPy 13: the nvidia-cuda-runtime-cu12 wheel's
         from cupy import _environment
         from cupy.cuda import nvrtc
-        return _environment._get_include_dir_from_conda_or_wheel(*nvrtc.getVersion())
+        return _environment._get_include_dir_from_conda_or_wheel(
+            *nvrtc.getVersion())
 
 
 def _nvrtc_compile(source, include):
@@ -470,18 +498,22 @@ class _Buffer(object):
 
     def to_device(self, dst, size, offset=0, stream=None):
         assert size == dst.nbytes
-        dst.reshape(-1).view(numpy.uint8)[...] = self.data[offset:offset + size]
+        dst.reshape(-1).view(numpy.uint8)[...] = \
+            self.data[offset:offset + size]
 
 
-@pytest.mark.parametrize('transfer', [numpy.float16, numpy.float32, numpy.float64])
+@pytest.mark.parametrize('transfer',
+                         [numpy.float16, numpy.float32, numpy.float64])
 def test_unpack_params_with_another_transfer_dtype(transfer, rng):
     dtypes = [numpy.float32, numpy.float64, numpy.float16]
     params = [chainer.Parameter(numpy.zeros((2, 3), d)) for d in dtypes]
     for p in params:
         p.grad = numpy.full_like(p.array, -7)
     sent = [rng.uniform(-2, 2, p.array.shape).astype(transfer) for p in params]
-    buffer = _Buffer(numpy.concatenate([s.reshape(-1).view(numpy.uint8) for s in sent]))
-    memory_utility.unpack_params(params, 'grad', buffer, numpy.dtype(transfer), False)
+    buffer = _Buffer(numpy.concatenate([s.reshape(-1).view(numpy.uint8)
+                                        for s in sent]))
+    memory_utility.unpack_params(params, 'grad', buffer,
+                                 numpy.dtype(transfer), False)
     for p, s in zip(params, sent):
         assert p.grad.dtype == p.array.dtype
         numpy.testing.assert_array_equal(p.grad, s.astype(p.array.dtype))

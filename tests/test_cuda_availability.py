@@ -40,7 +40,8 @@ def test_broken_cupy_is_named(monkeypatch):
     _failing_import(monkeypatch, OSError('libcudart.so.13: cannot open\nmore'))
     cupy, why = availability.import_cupy()
     assert cupy is None
-    assert why == 'CuPy failed to import (OSError: libcudart.so.13: cannot open)'
+    assert why == ('CuPy failed to import (OSError: libcudart.so.13: cannot '
+                   'open)')
 
 
 def test_importable_cupy_is_returned(monkeypatch):

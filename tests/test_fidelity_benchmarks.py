@@ -18,8 +18,8 @@ import scaling  # NOQA: E402
 TINY = ['--batch-sizes', '32', '--train-limit', '64', '--test-limit', '32',
         '--epochs', '1', '--max-steps', '1', '--evals', '1', '--sgd-lrs',
         '0.05', '--kfac-lrs', '0.05', '--kfac-dampings', '0.01',
-        '--micro-batch', '16', '--stale-batch-sizes', '32,64', '--workers', '1',
-        '--warmup-epochs', '1']
+        '--micro-batch', '16', '--stale-batch-sizes', '32,64', '--workers',
+        '1', '--warmup-epochs', '1']
 
 
 def _lines(path):
@@ -56,7 +56,8 @@ def test_convergence_end_to_end_and_resumes(tmp_path, capsys):
     convergence.main(TINY[:1] + ['32,64'] + TINY[2:] + ['--out', out,
                                                         '--no-plots'])
     runs = _lines(os.path.join(out, 'runs.jsonl'))
-    assert len(runs) == 6 and sorted(r['batch'] for r in runs) == [32] * 3 + [64] * 3
+    assert len(runs) == 6
+    assert sorted(r['batch'] for r in runs) == [32] * 3 + [64] * 3
 
 
 def test_lr_schedule():
@@ -85,7 +86,8 @@ def test_scaling_end_to_end(tmp_path):
         assert os.path.getsize(os.path.join(out, name)) > 0, name
 
 
-def test_convergence_parallel_workers_and_stale_waits_for_kfac(tmp_path, capsys):
+def test_convergence_parallel_workers_and_stale_waits_for_kfac(tmp_path,
+                                                               capsys):
     """``--workers 2``: runs train in two spawned processes; the stale run
     starts only after its batch's K-FAC run is recorded, at that run's
     configuration."""
@@ -96,13 +98,15 @@ def test_convergence_parallel_workers_and_stale_waits_for_kfac(tmp_path, capsys)
     convergence.main(args)
     printed = capsys.readouterr().out
     runs = _lines(os.path.join(out, 'runs.jsonl'))
-    assert sorted(r['method'] for r in runs) == ['kfac', 'kfac', 'kfac_stale', 'sgd']
+    assert sorted(r['method'] for r in runs) == ['kfac', 'kfac', 'kfac_stale',
+                                                 'sgd']
     order = [r['method'] for r in runs]
     assert order.index('kfac_stale') > max(      # after both K-FAC runs
         i for i, m in enumerate(order) if m == 'kfac')
     best = convergence.best(runs, 'kfac', 32)
     stale = runs[order.index('kfac_stale')]
-    assert (stale['lr_ref'], stale['damping']) == (best['lr_ref'], best['damping'])
+    assert (stale['lr_ref'], stale['damping']) == (best['lr_ref'],
+                                                   best['damping'])
     assert printed.count('] finished ') == 4
 
 
@@ -151,7 +155,8 @@ def _record(method, batch, steps, s90, w90, final, train_s, s88=None):
     (None, 300, 30, 5000.0, 'undetermined'),  # slower than SGD's whole run
     (200, 300, None, None, 'missed'),         # K-FAC never reached 90%
 ])
-def test_step_target_statuses(sgd_s90, sgd_steps, kfac_s90, kfac_w90, expected):
+def test_step_target_statuses(sgd_s90, sgd_steps, kfac_s90, kfac_w90,
+                              expected):
     sgd = _record('sgd', 8192, sgd_steps, sgd_s90,
                   None if sgd_s90 is None else 900.0, 0.9, 1000.0)
     kfac = _record('kfac', 8192, 44, kfac_s90, kfac_w90, 0.91, 1500.0)

@@ -236,7 +236,8 @@ def test_prepare_gpu_machine_lists_the_cudnn_stack():
     assert result.returncode == 0, result.stdout
     lines = result.stdout.split()
     for pin in ('cupy-cuda12x==13.6.0', 'numpy==1.26.4',
-                'nvidia-cudnn-cu12==8.9.7.29', 'nvidia-cusolver-cu12==11.6.1.9',
+                'nvidia-cudnn-cu12==8.9.7.29',
+                'nvidia-cusolver-cu12==11.6.1.9',
                 'nvidia-nccl-cu12==2.32.3', 'mpi4py==4.1.1', 'pytest==8.3.3',
                 'setuptools<70', 'protobuf>=3.0.0'):
         assert pin in lines, result.stdout

@@ -83,7 +83,8 @@ def test_without_mpi4py_import_kfac_and_one_line_errors():
     """``install_check.py without-mpi`` with mpi4py hidden: import, a KFAC
     step, the one-line errors (the leg's first check, here in .venv)."""
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
-    proc = subprocess.run([sys.executable, CHECK, 'without-mpi', '--hide-mpi4py'],
+    proc = subprocess.run([sys.executable, CHECK, 'without-mpi',
+                           '--hide-mpi4py'],
                           cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -107,7 +108,8 @@ def _declared_closure():
         dist = todo.pop()
         if dist not in declared:
             declared.add(dist)
-            todo.extend(_name_of(r) for r in importlib.metadata.requires(dist) or ()
+            todo.extend(_name_of(r)
+                        for r in importlib.metadata.requires(dist) or ()
                         if 'extra ==' not in r)
     return declared
 
@@ -143,7 +145,8 @@ def test_the_declared_dependencies_suffice_for_single_process_kfac():
     allowed = sorted(_declared_closure() | {'chainerkfac'})
     assert 'scipy' in allowed and 'mpi4py' not in allowed
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
-    proc = subprocess.run([sys.executable, '-c', ONLY_DECLARED, json.dumps(allowed)],
+    proc = subprocess.run([sys.executable, '-c', ONLY_DECLARED,
+                           json.dumps(allowed)],
                           cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -164,8 +167,10 @@ def test_a_broken_mpi4py_is_not_taken_for_a_missing_one():
 
 
 def test_the_checked_entry_points_keep_their_signatures():
-    assert list(inspect.signature(chainerkfac.create_communicator).parameters) \
-        == ['name', 'mpi_comm', 'abort_on_exception', 'blas_threads', 'options']
+    assert list(inspect.signature(
+        chainerkfac.create_communicator).parameters) == [
+            'name', 'mpi_comm', 'abort_on_exception', 'blas_threads',
+            'options']
     assert 'DistributedKFAC' in chainerkfac.create_communicator.__doc__
     init = chainerkfac.DistributedKFAC.__init__
     assert list(inspect.signature(init).parameters)[:4] == [

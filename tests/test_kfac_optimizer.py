@@ -129,7 +129,8 @@ def test_weight_decay_is_preconditioned_with_the_gradient(rng):
 
 def test_loss_scale_does_not_change_the_step(rng):
     x, t = nets.conv_batch(rng)
-    a, b = nets.make(nets.ConvNet, use_bn=True), nets.make(nets.ConvNet, use_bn=True)
+    a = nets.make(nets.ConvNet, use_bn=True)
+    b = nets.make(nets.ConvNet, use_bn=True)
     opt_a = KFAC(lr=0.5, damping=1e-2)
     opt_a.setup(a)
     opt_b = KFAC(lr=0.5, damping=1e-2, loss_scale=1024.0)
@@ -241,7 +242,8 @@ def test_trainer_with_lr_and_damping_schedules(rng, tmp_path):
     trainer.extend(extensions.ExponentialShift('damping', 0.5))
     trainer.extend(extensions.observe_lr(), trigger=(1, 'iteration'))
     trainer.extend(extensions.LogReport(trigger=(1, 'iteration')))
-    trainer.extend(extensions.snapshot(filename='snap'), trigger=(4, 'iteration'))
+    trainer.extend(extensions.snapshot(filename='snap'),
+                   trigger=(4, 'iteration'))
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', UserWarning)
         trainer.run()
@@ -255,7 +257,8 @@ def test_trainer_with_lr_and_damping_schedules(rng, tmp_path):
     opt2 = KFAC(lr=0.05, damping=1e-2)
     opt2.setup(model2)
     updater2 = training.StandardUpdater(
-        chainer.iterators.SerialIterator(dataset, 8, shuffle=False), opt2, loss_func=model2)
+        chainer.iterators.SerialIterator(dataset, 8, shuffle=False), opt2,
+        loss_func=model2)
     trainer2 = training.Trainer(updater2, (4, 'iteration'), out=str(tmp_path))
     trainer2.extend(extensions.ExponentialShift('damping', 0.5))
     serializers.load_npz(str(tmp_path / 'snap'), trainer2)
@@ -263,4 +266,5 @@ def test_trainer_with_lr_and_damping_schedules(rng, tmp_path):
     for b1, b2 in zip(opt.fisher_blocks, opt2.fisher_blocks):
         for name in b1.statistic_names:
             numpy.testing.assert_array_equal(b1.ema[name], b2.ema[name])
-            numpy.testing.assert_array_equal(b1.inverse[name], b2.inverse[name])
+            numpy.testing.assert_array_equal(b1.inverse[name],
+                                             b2.inverse[name])

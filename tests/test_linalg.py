@@ -45,7 +45,8 @@ def test_cholesky_inverse_matches_inv(rng, dtype):
     inv = linalg.cholesky_inverse(m)
     assert inv.dtype == dtype
     tol = 1e-4 if dtype == numpy.float32 else 1e-10
-    numpy.testing.assert_allclose(inv, numpy.linalg.inv(m.astype(numpy.float64)),
+    numpy.testing.assert_allclose(inv,
+                                  numpy.linalg.inv(m.astype(numpy.float64)),
                                   rtol=tol, atol=tol)
 
 
@@ -89,7 +90,8 @@ def test_damped_inverse_exact_when_pd(rng):
     m = random_psd(rng, 4)
     inv, added = linalg.damped_inverse(m, 0.3)
     assert added == 0.3
-    numpy.testing.assert_allclose(inv, numpy.linalg.inv(m + 0.3 * numpy.eye(4)),
+    numpy.testing.assert_allclose(inv,
+                                  numpy.linalg.inv(m + 0.3 * numpy.eye(4)),
                                   rtol=1e-10)
 
 
@@ -98,8 +100,8 @@ def test_damped_inverse_raises_damping_for_singular(rng):
     inv, added = linalg.damped_inverse(m, 0.0)
     assert added > 0
     assert numpy.isfinite(inv).all()
-    numpy.testing.assert_allclose(inv @ (m + added * numpy.eye(5)), numpy.eye(5),
-                                  atol=1e-6)
+    numpy.testing.assert_allclose(inv @ (m + added * numpy.eye(5)),
+                                  numpy.eye(5), atol=1e-6)
 
 
 def test_damped_inverse_zero_matrix():

@@ -13,7 +13,8 @@ from chainer.training import extensions
 
 from chainerkfac import stale
 from chainerkfac.fisher_blocks import base as block_base
-from chainerkfac.fisher_blocks.batch_normalization import BatchNormalizationBlock
+from chainerkfac.fisher_blocks.batch_normalization import \
+    BatchNormalizationBlock
 from chainerkfac.fisher_blocks.batch_normalization import per_example_gradients
 from chainerkfac.fisher_blocks.convolution_2d import patches_matrix
 from chainerkfac.optimizers import KFAC

@@ -409,7 +409,8 @@ def test_ema_kept_apart_from_damped_copy(mode):
     for k in ('conv1', 'conv2', 'fc'):
         A1, G1, _ = s1[k]
         A2, G2, grad2 = s2[k]
-        pi = np.sqrt((np.trace(A1) / A1.shape[0]) / (np.trace(G1) / G1.shape[0]))
+        pi = np.sqrt((np.trace(A1) / A1.shape[0])
+                     / (np.trace(G1) / G1.shape[0]))
         A1d = A1 + pi * np.sqrt(DAMPING) * np.eye(A1.shape[0])
         G1d = G1 + np.sqrt(DAMPING) / pi * np.eye(G1.shape[0])
         wrong[k] = (0.5 * A2 + 0.5 * A1d, 0.5 * G2 + 0.5 * G1d, grad2)

@@ -21,7 +21,8 @@ from mpi_helpers import run_command
 def blas_threads():
     """Every loaded BLAS pool's thread count, by library file."""
     return {i['filepath']: i['num_threads']
-            for i in threadpoolctl.threadpool_info() if i['user_api'] == 'blas'}
+            for i in threadpoolctl.threadpool_info()
+            if i['user_api'] == 'blas'}
 
 
 @pytest.fixture
@@ -69,11 +70,15 @@ def test_default_threads_rejects_non_counts(args):
 
 def test_user_setting():
     assert threads.user_setting({}) is None
-    assert threads.user_setting({'OMP_NUM_THREADS': '', 'MKL_NUM_THREADS': ' '}) is None
-    assert threads.user_setting({'OMP_NUM_THREADS': '3'}) == 'OMP_NUM_THREADS=3'
-    assert threads.user_setting({'OMP_NUM_THREADS': '3', 'OPENBLAS_NUM_THREADS': '1'}
+    assert threads.user_setting({'OMP_NUM_THREADS': '',
+                                 'MKL_NUM_THREADS': ' '}) is None
+    assert threads.user_setting(
+        {'OMP_NUM_THREADS': '3'}) == 'OMP_NUM_THREADS=3'
+    assert threads.user_setting({'OMP_NUM_THREADS': '3',
+                                 'OPENBLAS_NUM_THREADS': '1'}
                                 ) == 'OPENBLAS_NUM_THREADS=1'
-    assert threads.user_setting({'MKL_NUM_THREADS': '2'}) == 'MKL_NUM_THREADS=2'
+    assert threads.user_setting(
+        {'MKL_NUM_THREADS': '2'}) == 'MKL_NUM_THREADS=2'
 
 
 def test_auto_sets_every_pool_to_the_share(clean):
@@ -82,8 +87,8 @@ def test_auto_sets_every_pool_to_the_share(clean):
     setting = threads.configure_threads()
     expected = 3 // pools() + 1    # (share 4 - 1) // pools + 1
     assert setting.threads == expected
-    assert (setting.source, setting.local_ranks, setting.cores, setting.pools) == (
-        'auto', 1, 4, pools())
+    assert (setting.source, setting.local_ranks, setting.cores,
+            setting.pools) == ('auto', 1, 4, pools())
     assert set(blas_threads().values()) == {expected}
 
 
@@ -113,7 +118,8 @@ def test_a_users_variable_is_respected(clean, name):
     clean.setattr(threads, '_threadpoolctl', unavailable)
     setting = threads.configure_threads()
     assert (setting.source, setting.threads) == ('environment', None)
-    assert setting.message == 'chainerkfac: BLAS threads left as set by {}=3'.format(name)
+    assert setting.message == (
+        'chainerkfac: BLAS threads left as set by {}=3'.format(name))
     assert blas_threads() == before
 
 
@@ -151,9 +157,9 @@ def test_one_line_in_the_log_once(clean, caplog):
     assert records[0].levelno == logging.INFO
     assert '\n' not in records[0].getMessage()
     assert records[0].getMessage() == first.message
-    assert first.message.startswith('chainerkfac: BLAS threads set to {} per '
-                                    'library '
-                                    "({} BLAS librar".format(first.threads, pools()))
+    assert first.message.startswith(
+        'chainerkfac: BLAS threads set to {} per library '
+        "({} BLAS librar".format(first.threads, pools()))
     assert "on this process's 2 cores" in first.message
 
 
@@ -207,8 +213,9 @@ def write(path, text):
     ('0::/job\n', {'job/cpu.max': '150000 100000\n'}, 2),   # rounded up
     ('0::/job\n', {'job/cpu.max': 'max 100000\n'}, None),
     ('0::/\n', {'cpu.max': '50000 100000\n'}, 1),
-    ('4:cpu,cpuacct:/job\n', {'cpu,cpuacct/job/cpu.cfs_quota_us': '300000\n',
-                              'cpu,cpuacct/job/cpu.cfs_period_us': '100000\n'}, 3),
+    ('4:cpu,cpuacct:/job\n',
+     {'cpu,cpuacct/job/cpu.cfs_quota_us': '300000\n',
+      'cpu,cpuacct/job/cpu.cfs_period_us': '100000\n'}, 3),
     ('1:cpu:/\n', {'cpu/cpu.cfs_quota_us': '-1\n',
                    'cpu/cpu.cfs_period_us': '100000\n'}, None),
     ('0::/job\n', {}, None),
@@ -269,7 +276,8 @@ def test_two_ranks_get_their_share(tmp_path):
         n_pools = len(r['pools'])
         expected = (max(1, cores // 2) - 1) // n_pools + 1
         assert [p['num_threads'] for p in r['pools']] == [expected] * n_pools
-        assert (r['setting']['source'], r['setting']['local_ranks']) == ('auto', 2)
+        assert (r['setting']['source'],
+                r['setting']['local_ranks']) == ('auto', 2)
     # one line in the job's log: rank 0 at INFO, rank 1 at DEBUG, each once
     assert [level for level, _ in records[0]['records']] == ['INFO']
     assert [level for level, _ in records[1]['records']] == ['DEBUG']
@@ -301,15 +309,16 @@ def test_threads_benchmark_runs_every_configuration(tmp_path):
     benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(benchmark)
     out = tmp_path / 'report.md'
-    result = run_command([sys.executable, '-W', 'ignore', script, '--steps', '3',
-                          '--warmup', '1', '--repeats', '1', '--out', str(out),
-                          '--timeout', '120'], 300)
+    result = run_command([sys.executable, '-W', 'ignore', script, '--steps',
+                          '3', '--warmup', '1', '--repeats', '1', '--out',
+                          str(out), '--timeout', '120'], 300)
     assert result.returncode == 0, result.stdout
     report = out.read_text()
     rows = [line.split(' | ') for line in report.splitlines()
             if line.startswith('| ')][1:]
     expected = benchmark.configurations(len(os.sched_getaffinity(0)))
-    assert [cells[0][2:] for cells in rows] == [label for label, _, _ in expected]
+    assert [cells[0][2:] for cells in rows] == [label
+                                                for label, _, _ in expected]
     for cells, (_, _, count) in zip(rows, expected):
         if count != 'auto':
             assert cells[1] == str(count)     # every pool ran with that count
@@ -324,7 +333,9 @@ def test_benchmark_configurations():
     spec = importlib.util.spec_from_file_location('threads_benchmark', script)
     benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(benchmark)
-    two = [(ranks, threads) for _, ranks, threads in benchmark.configurations(2)]
+    two = [(ranks, threads)
+           for _, ranks, threads in benchmark.configurations(2)]
     assert two == [(1, 2), (1, 1), (1, 'auto'), (2, 2), (2, 'auto')]
-    four = [(ranks, threads) for _, ranks, threads in benchmark.configurations(4)]
+    four = [(ranks, threads)
+            for _, ranks, threads in benchmark.configurations(4)]
     assert four == [(1, 4), (1, 1), (1, 2), (1, 'auto'), (2, 4), (2, 'auto')]

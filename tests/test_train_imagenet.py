@@ -167,7 +167,8 @@ def gpu_problem():
 
 
 needs_gpu = pytest.mark.skipif(gpu_problem() is not None,
-                               reason='no usable GPU: {}'.format(gpu_problem()))
+                               reason='no usable GPU: {}'.format(
+                                   gpu_problem()))
 
 
 @pytest.mark.parametrize('n', [0, 2])

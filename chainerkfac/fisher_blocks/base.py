@@ -192,7 +192,8 @@ class FisherBlock(object):
             raise RuntimeError(
                 'chainerkfac: link {} was called more than once in one '
                 'update; K-FAC blocks do not support weight sharing '
-                '(exclude=[{!r}] gives it momentum SGD)'.format(self.name, self.name))
+                '(exclude=[{!r}] gives it momentum SGD)'.format(self.name,
+                                                                 self.name))
         self._forward_seen = True
         self.forward(function, in_data)
 
@@ -508,8 +509,9 @@ class FisherBlock(object):
             if is_ema:
                 self.reference[name] = self.ema[name]
             else:
-                self.reference[name] = (None if value is None or value.size == 0
-                                        else self.link.device.send(value))
+                self.reference[name] = (
+                    None if value is None or value.size == 0
+                    else self.link.device.send(value))
             noise = float(serializer(keys[2], -1.0))
             self.reference_noise[name] = None if noise < 0 else noise
         self._serialize_diagonals(serializer, loading)

@@ -223,4 +223,5 @@ class BatchNormalizationBlock(FisherBlock):
         else:
             c = g.shape[0]
             new_g, new_b = inverse[:c] * g, inverse[c:] * b
-        return [new_g.astype(dtype, copy=False), new_b.astype(dtype, copy=False)]
+        return [new_g.astype(dtype, copy=False),
+                new_b.astype(dtype, copy=False)]

@@ -58,8 +58,9 @@ class Convolution2DBlock(kronecker.KroneckerFactoredBlock):
         # (1/(N T)) sum (N gy)(N gy)^T, with the loss scale removed
         moment = None
         if self.record_moments:
-            moment = example_moment(grads, n, n * n / (ho * wo) / grad_scale
-                                    ** 2, False, self._probes_for('G', grads, n))
+            moment = example_moment(
+                grads, n, n * n / (ho * wo) / grad_scale ** 2, False,
+                self._probes_for('G', grads, n))
         self.accumulate('G', kronecker.output_second_moment(
             grads, n / (ho * wo) / grad_scale ** 2), moment, n)
 

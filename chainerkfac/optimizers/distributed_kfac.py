@@ -9,7 +9,8 @@ from chainerkfac import _optional
 from chainerkfac import assignment as assignment_module
 from chainerkfac import errors
 from chainerkfac import wire
-try:  # mpi4py: the [mpi] extra; without it DistributedKFAC() says what to install
+# mpi4py: the [mpi] extra; without it DistributedKFAC() says what to install
+try:
     from mpi4py import MPI
     from chainerkfac.communicators.mpi_communicator import comm_dtype_of
 except ImportError as e:
@@ -32,8 +33,8 @@ def _first_mismatch(reference, signature, rank):
     from rank 0's ``reference``."""
     for a, b in zip(reference, signature):
         if a != b:
-            return 'rank 0 has {} {} {} {} where rank {} has {} {} {} {}'.format(
-                *(a + (rank,) + b))
+            return ('rank 0 has {} {} {} {} where rank {} has {} {} {} {}'
+                    .format(*(a + (rank,) + b)))
     return 'rank 0 has {} arrays, rank {} has {}'.format(
         len(reference), rank, len(signature))
 

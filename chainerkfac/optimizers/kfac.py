@@ -192,7 +192,8 @@ class KFAC(optimizer.GradientMethod):
         _check(pi_type in PI_TYPES, 'pi_type must be one of {}, got {!r}'
                .format(PI_TYPES, pi_type))
         _check(int(acc_iters) == acc_iters and acc_iters >= 1,
-               'acc_iters must be a positive integer, got {}'.format(acc_iters))
+               'acc_iters must be a positive integer, got {}'.format(
+                   acc_iters))
         _check(loss_scale is None or loss_scale > 0, 'loss_scale must be > 0')
         _check(use_cholesky, 'use_cholesky=False (the original code\'s LU '
                'inverses) is not offered: every damped factor is inverted '
@@ -536,7 +537,8 @@ class KFAC(optimizer.GradientMethod):
         n = len(self.owned_blocks)
         status = self._status
         if (status is None or status.xp is not xp
-                or status.array.size != max(n, 1) * step_status.SLOTS_PER_BLOCK):
+                or status.array.size
+                != max(n, 1) * step_status.SLOTS_PER_BLOCK):
             status = self._status = step_status.StepStatus(xp, n)
         else:
             status.reset()
@@ -573,7 +575,8 @@ class KFAC(optimizer.GradientMethod):
         return decisions
 
     def _report_schedule(self):
-        keys = [k for b in self.fisher_blocks for k in b.schedule_keys.values()]
+        keys = [k for b in self.fisher_blocks
+                for k in b.schedule_keys.values()]
         if keys:
             refreshed = sum(1 for b in self.fisher_blocks for _ in b.due)
             chainer.report({'kfac/refresh_fraction': refreshed / len(keys),

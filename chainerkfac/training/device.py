@@ -75,7 +75,8 @@ def gpu_problem(n_devices=1):
     if not cuda.available:
         return 'Chainer {} cannot use CuPy {} ({})'.format(
             chainer.__version__, version,
-            availability.one_line(getattr(cuda, '_resolution_error', 'unknown reason')))
+            availability.one_line(getattr(cuda, '_resolution_error',
+                                          'unknown reason')))
     return None
 
 

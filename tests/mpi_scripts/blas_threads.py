@@ -35,9 +35,11 @@ def main():
     if len(sys.argv) > 2:
         kw['blas_threads'] = int(sys.argv[2])
     comm = chainerkfac.create_communicator('mpi', **kw)
-    again = chainerkfac.configure_threads()   # 'auto' again: no change, no line
+    # 'auto' again: no change, no line
+    again = chainerkfac.configure_threads()
     pools = [dict(filepath=i['filepath'], num_threads=i['num_threads'])
-             for i in threadpoolctl.threadpool_info() if i['user_api'] == 'blas']
+             for i in threadpoolctl.threadpool_info()
+             if i['user_api'] == 'blas']
     with open(os.path.join(out, 'rank{}.json'.format(comm.rank)), 'w') as f:
         json.dump(dict(rank=comm.rank, size=comm.size, pools=pools,
                        cores=len(os.sched_getaffinity(0)),

@@ -34,7 +34,8 @@ def record_uncaught_exceptions(directory, rank):
     hook = sys.excepthook
 
     def write_then_delegate(exctype, value, tb):
-        with open(os.path.join(directory, 'rank{}.txt'.format(rank)), 'w') as f:
+        with open(os.path.join(directory, 'rank{}.txt'.format(rank)),
+                  'w') as f:
             f.write('{}: {}\n'.format(exctype.__name__, value))
             f.flush()
             os.fsync(f.fileno())
