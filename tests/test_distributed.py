@@ -312,4 +312,3 @@ def test_curvature_options_across_ranks_equal_one_process(tmp_path, n, mode):
             assert len(ratios) == 6                 # adapted on every step
             assert ratios == pytest.approx(reference_ratios, rel=1e-6)
             assert adapted != 1e-2                  # it moved
-

@@ -299,7 +299,6 @@ def test_two_ranks_take_an_explicit_count(tmp_path):
         assert r['setting']['source'] == 'argument'
 
 
-
 def test_threads_benchmark_runs_every_configuration(tmp_path):
     """benchmarks/threads.py end to end on a few steps: every configuration
     runs and reports its pools' threads and a time (no time is judged)."""

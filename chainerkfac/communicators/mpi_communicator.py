@@ -51,7 +51,6 @@ def mpi_args(buffer):
     return [buffer, MPI.FLOAT]
 
 
-
 def _loaded_mpi_libraries():
     """Paths of the MPI libraries mapped into this process (Linux)."""
     try:

@@ -23,8 +23,6 @@ LIBRARIES = {
 TRAINING_LIBRARIES = ('cublas', 'cusolver', 'nvrtc')
 
 
-
-
 def import_cupy():
     """``(cupy, None)``, or ``(None, why)`` when CuPy cannot be imported
     (not installed, or a broken install: CUDA libraries, driver, ...)."""

@@ -80,6 +80,7 @@ def is_null(value):
     """Whether ``value`` is :data:`NULL` (a ``numpy.uintp`` 0)."""
     return type(value) is numpy.uintp and int(value) == 0
 
+
 #: NVRTC options of the GPU build. No multiply-add contraction, so that a GPU
 #: run rounds like the emulation and the NumPy reference. (CuPy 14's RawModule
 #: appends -ftz=true: on the GPU, float32 subnormals flush to zero; apart

@@ -34,7 +34,6 @@ allocates little. A no-op (returning False) where ``mallopt`` is not glibc's
 benchmarks' "before" runs). Idempotent.
 """
 import ctypes
-import ctypes.util
 import os
 import sys
 

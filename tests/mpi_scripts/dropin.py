@@ -36,6 +36,8 @@ def shared_sampler(opt, uniforms, rows):
         return numpy.minimum((cdf < u).sum(axis=1),
                              probabilities.shape[1] - 1).astype(numpy.int32)
     opt.sample_targets = sample_targets
+
+
 KWARGS = dict(lr=0.05, momentum=0.9, damping=1e-2, cov_ema_decay=0.5,
               stale_warmup=2, stale_threshold=1.0)
 
