@@ -1,5 +1,5 @@
 """Example models: small CNNs for Fashion-MNIST, ResNets (models.resnet)."""
-from models import resnet  # NOQA
-from models.small_cnn import DemoCNN  # NOQA
-from models.small_cnn import SmallCNN  # NOQA
-from models.small_cnn import SmallCNNNoBN  # NOQA
+from models import resnet  # NOQA: F401
+from models.small_cnn import DemoCNN  # NOQA: F401
+from models.small_cnn import SmallCNN  # NOQA: F401
+from models.small_cnn import SmallCNNNoBN  # NOQA: F401

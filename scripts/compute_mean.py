@@ -29,7 +29,7 @@ try:
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, os.path.dirname(os.path.dirname(
         os.path.abspath(__file__))))
-    import chainerkfac  # NOQA
+    import chainerkfac  # NOQA: F401 (as above)
 import numpy
 
 from chainerkfac.datasets import image_list

@@ -47,7 +47,7 @@ def test_a_factor_matches_explicit_patches(rng, ksize, stride, pad, dilate,
     opt.setup(conv)
     opt.update(lambda x: F.sum(conv(x) ** 2), x)
     kh, kw = conv.W.shape[2:]
-    as_pair = lambda v: v if isinstance(v, tuple) else (v, v)  # NOQA
+    as_pair = lambda v: v if isinstance(v, tuple) else (v, v)  # NOQA: E731 (one line)
     expected = brute_force_a(x, kh, kw, as_pair(stride), as_pair(pad),
                              as_pair(dilate), bias)
     numpy.testing.assert_allclose(opt.fisher_blocks[0].ema['A'], expected,

@@ -47,9 +47,10 @@ import chainer.functions as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 
-from chainerkfac.datasets import fashion_mnist  # NOQA
-from chainerkfac.datasets import load_fashion_mnist  # NOQA
-from models import SmallCNN  # NOQA
+# E402: after the sys.path line above (flake8 flags these; ruff does not)
+from chainerkfac.datasets import fashion_mnist  # NOQA: E402
+from chainerkfac.datasets import load_fashion_mnist  # NOQA: E402
+from models import SmallCNN  # NOQA: E402
 
 N_TRAIN = 4000
 BATCH = 128

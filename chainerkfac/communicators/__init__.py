@@ -1,16 +1,18 @@
 """Communicators: ChainerMN MPI communicators with K-FAC's packed
 collectives."""
 from chainerkfac import _optional
+# the package's communicator classes (F401: imported to be re-exported)
 try:  # mpi4py: the [mpi] extra; without it these names say what to install
-    from chainerkfac.communicators.base import CommunicatorUnavailable  # NOQA
-    from chainerkfac.communicators.mpi_communicator import MpiCommunicator  # NOQA
-    from chainerkfac.communicators.nccl_communicator import PureNcclCommunicator  # NOQA
+    from chainerkfac.communicators.base import CommunicatorUnavailable  # NOQA: F401
+    from chainerkfac.communicators.mpi_communicator import MpiCommunicator
+    from chainerkfac.communicators.nccl_communicator import \
+        PureNcclCommunicator
 except ImportError as e:
     _optional.reraise_unless_mpi4py_missing(e)
     __getattr__ = _optional.attributes_needing_mpi4py(
         __name__, 'CommunicatorUnavailable', 'MpiCommunicator',
         'PureNcclCommunicator')
-from chainerkfac.communicators.packing import PackingPlan  # NOQA
+from chainerkfac.communicators.packing import PackingPlan  # NOQA: F401
 
 COMMUNICATOR_NAMES = ('mpi', 'pure_nccl')
 

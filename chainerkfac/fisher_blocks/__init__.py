@@ -1,11 +1,13 @@
 """Fisher blocks: per-link curvature approximations, and their factory."""
 import chainer.links as L
 
-from chainerkfac.fisher_blocks.base import FisherBlock  # NOQA
-from chainerkfac.fisher_blocks.batch_normalization import BatchNormalizationBlock  # NOQA
-from chainerkfac.fisher_blocks.convolution_2d import Convolution2DBlock  # NOQA
-from chainerkfac.fisher_blocks.kronecker import KroneckerFactoredBlock  # NOQA
-from chainerkfac.fisher_blocks.linear import LinearBlock  # NOQA
+# the block classes (F401: the two base classes are only re-exported)
+from chainerkfac.fisher_blocks.base import FisherBlock  # NOQA: F401
+from chainerkfac.fisher_blocks.batch_normalization import \
+    BatchNormalizationBlock
+from chainerkfac.fisher_blocks.convolution_2d import Convolution2DBlock
+from chainerkfac.fisher_blocks.kronecker import KroneckerFactoredBlock  # NOQA: F401
+from chainerkfac.fisher_blocks.linear import LinearBlock
 
 
 def block_for(name, link, bn_fisher='full'):

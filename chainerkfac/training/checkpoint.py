@@ -71,7 +71,7 @@ from chainerkfac.training._snapshot import scalar
 from chainerkfac.training._snapshot import SHARED
 from chainerkfac.training._snapshot import VERSION
 from chainerkfac.training import resharding
-from chainerkfac.training.resharding import remaining_epoch_order  # NOQA
+from chainerkfac.training.resharding import remaining_epoch_order  # NOQA: F401 (public here)
 from chainerkfac.training.resharding import reposition_iterator
 from chainerkfac.training.resharding import Resume
 
