@@ -16,8 +16,8 @@ every rank.
 process) at P = 8 ... 4,096 processes, built from the package's real plan:
 
 - the Fisher blocks (``fisher_blocks.create_fisher_blocks``, ``bn_fisher`` as
-  the
-  configs: 'full') and their owners (``assignment.assign_blocks``, 'balanced');
+  the configs: 'full') and their owners (``assignment.assign_blocks``,
+  'balanced');
 - each convolution's output size from one real forward pass (a ``LinkHook``);
 - flops per process: forward+backward ``3 x 2 T Cout Cin k^2`` per image (convs
   and the FC); statistics ``2 b T (d_in^2 + d_out^2)`` for every block on every
