@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The project's test command (README, .ci/run). Sets up .venv if needed and runs
-# the whole suite on the supported CPU stack (Python 3.11, NumPy 1.26). Then,
+# The project's test command (README, .ci/run). Sets up .venv if needed, lints
+# the repository (scripts/lint.sh: ruff, pinned in requirements.txt, with
+# pyproject.toml's [tool.ruff]; any finding fails the run, after the tests) and
+# runs the whole suite on the supported CPU stack (Python 3.11, NumPy 1.26). Then,
 # unless arguments select tests, the other legs of the import matrix, each venv
 # built once by scripts/bootstrap.sh:
 #   NumPy 2  (.venv-numpy2: NumPy 2 and CuPy 14 without a GPU, the CPU stand-in
@@ -16,12 +18,15 @@
 #            a K-FAC step, the one-line error of create_communicator), then with
 #            the mpi extra (mpiexec -n 2, DistributedKFAC);
 #            CHAINERKFAC_SKIP_WHEEL=1 leaves this leg out.
-# Fails when a test fails, when a venv cannot be built, or when a pytest run ran
-# no test.
+# Fails when a test fails, when ruff reports a finding, when a venv cannot be
+# built, or when a pytest run ran no test. Arguments (pytest's) select tests:
+# then only the lint step and that run.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 bash scripts/bootstrap.sh
+# .venv is up to date for this run (tests/test_lint.py then runs test.sh again)
+export CHAINERKFAC_BOOTSTRAPPED=1
 
 run_pytest() {  # run_pytest PYTHON ARGS...: pytest, treating "no tests" as failure
   local python="$1"; shift
@@ -37,6 +42,11 @@ run_pytest() {  # run_pytest PYTHON ARGS...: pytest, treating "no tests" as fail
 }
 
 rc=0
+echo "== lint (scripts/lint.sh: ruff check) ==" >&2
+if ! bash scripts/lint.sh; then
+  echo "scripts/test.sh: ruff found lint findings (listed above); failing" >&2
+  rc=1
+fi
 run_pytest .venv/bin/python "$@" || rc=$?
 [ "$#" -eq 0 ] || exit "$rc"
 if [ -s build/ptxas/summary.txt ]; then  # written by tests/test_cuda_compile.py
