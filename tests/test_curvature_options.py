@@ -382,3 +382,32 @@ def test_the_adapted_damping_is_serialized_and_bounded(rng, tmp_path):
     for _ in range(4):
         opt.update(model, x, t)
     assert opt.damping == pytest.approx(9e-3)
+
+
+def test_the_extra_forward_pass_reports_nothing(rng):
+    """Under a trainer's reporter (the model a registered observer, as
+    chainer.links.Classifier reports), the adaptation's forward pass neither
+    fails nor overwrites the step's own report of the loss."""
+    numpy.random.seed(0)
+    with chainer.using_config('dtype', numpy.float64):
+        model = L.Classifier(chainer.Sequential(
+            L.Linear(6, 5), chainer.functions.tanh, L.Linear(5, 3)))
+    x, t = nets.mlp_batch(rng, n=32)
+    opt = KFAC(lr=50.0, damping=1e-2, stale=False, damping_adaptation=True,
+               damping_adaptation_interval=1)
+    opt.setup(model)
+
+    def loss_now():
+        return float(chainer.functions.softmax_cross_entropy(
+            model.predictor(x), t).array)
+
+    before = loss_now()
+    reporter = chainer.Reporter()
+    reporter.add_observer('main', model)
+    observation = {}
+    with reporter.scope(observation):
+        opt.update(model, x, t)
+    assert float(observation['main/loss'].array) == pytest.approx(before,
+                                                          rel=1e-6)
+    assert loss_now() != pytest.approx(before, rel=1e-3)   # the step moved
+    assert 'kfac/reduction_ratio' in observation
