@@ -69,9 +69,9 @@ def table(measured, skip):
             name, seconds, seconds / base_time, seconds / sgd_time,
             ' '.join('{:8.3f}'.format(stages[s]) for s in STAGES)))
     lines.append('stages in s/step (forward_backward includes the '
-                 'statistics and the mc passes; update includes the '
-                 'adaptation forward pass); every K-FAC runner refreshes '
-                 'every statistic at every step')
+                 'statistics and the mc passes; the adaptation\'s forward '
+                 'pass is in no stage: s/step minus their sum); every K-FAC '
+                 'runner refreshes every statistic at every step')
     return lines
 
 
