@@ -33,5 +33,6 @@ def test_every_option_is_timed_against_the_default(capsys, monkeypatch):
     assert sorted(rows) == sorted(names)
     for name in names:
         seconds, vs_kfac, vs_sgd = (float(v) for v in rows[name][:3])
-        assert seconds > 0 and vs_kfac > 0 and vs_sgd > 0
+        assert seconds > 0 and vs_sgd > 0
+        assert name == 'SGD' or vs_kfac > 0    # SGD's may round to 0.00
     assert float(rows[names[1]][1]) == 1.0        # the default is the base
