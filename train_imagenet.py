@@ -100,7 +100,8 @@ CONFIG_OPTIONS = (
     'nw_skip_scale_comp', 'communicate_after_forward', 'lr_plan',
     'epoch_lr_decay_start', 'polynomial_decay_p', 'polynomial_epoch',
     'mixup_alpha', 'running_mixup', 're_rate', 're_area_rl', 're_area_rh',
-    're_aspect_rl')
+    're_aspect_rl', 'inverse', 'fisher', 'mc_samples', 'kl_clip',
+    'damping_adaptation', 'damping_adaptation_interval')
 
 #: snapshot keys that differ between ranks (each rank's file holds its own)
 RANK_LOCAL = ('updater/iterator:main', 'extensions/random_state')
@@ -223,6 +224,20 @@ def _optimizer_options(p):
     _switch(g, 'communicate_after_forward', 'reduce the A factors during '
             'the backward pass (original)', 'reduce them after the backward '
             'pass (default)')
+    g = p.add_argument_group('curvature options (off by default: the '
+                             "paper's K-FAC; README: what each costs)")
+    g.add_argument('--inverse', choices=('cholesky', 'eigen'),
+                   help="'eigen': eigenbasis preconditioning with exact "
+                   'Tikhonov damping')
+    g.add_argument('--fisher', choices=('empirical', 'mc'),
+                   help="'mc': G/F from targets sampled from the model")
+    g.add_argument('--mc_samples', type=int, help="samples of --fisher mc")
+    g.add_argument('--kl_clip', type=float,
+                   help='bound kappa on lr^2 sum(Delta . g)')
+    _switch(g, 'damping_adaptation', 'Levenberg-Marquardt adaptive damping',
+            'a fixed damping (default)')
+    g.add_argument('--damping_adaptation_interval', type=int,
+                   help='steps between damping adaptations')
 
 
 def _schedule_options(p):
@@ -559,7 +574,12 @@ def build_optimizer(config, comm, model):
             'stale_loss_ratio': config['stale_loss_ratio']} if config['stale']
            else {}),
         comm_dtype=config['comm_dtype'], assignment=config['assignment'],
-        communicate_after_forward=config['communicate_after_forward'])
+        communicate_after_forward=config['communicate_after_forward'],
+        inverse=config['inverse'], fisher=config['fisher'],
+        mc_samples=config['mc_samples'], kl_clip=config['kl_clip'],
+        damping_adaptation=config['damping_adaptation'],
+        damping_adaptation_interval=config['damping_adaptation_interval'],
+        damping_bounds=tuple(config['damping_bounds']))
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', UserWarning)
         optimizer.setup(model)

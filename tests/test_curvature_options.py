@@ -382,3 +382,73 @@ def test_the_adapted_damping_is_serialized_and_bounded(rng, tmp_path):
     for _ in range(4):
         opt.update(model, x, t)
     assert opt.damping == pytest.approx(9e-3)
+
+
+def test_the_extra_forward_pass_reports_nothing(rng):
+    """Under a trainer's reporter (the model a registered observer, as
+    chainer.links.Classifier reports), the adaptation's forward pass neither
+    fails nor overwrites the step's own report of the loss."""
+    numpy.random.seed(0)
+    with chainer.using_config('dtype', numpy.float64):
+        model = L.Classifier(chainer.Sequential(
+            L.Linear(6, 5), chainer.functions.tanh, L.Linear(5, 3)))
+    x, t = nets.mlp_batch(rng, n=32)
+    opt = KFAC(lr=50.0, damping=1e-2, stale=False, damping_adaptation=True,
+               damping_adaptation_interval=1)
+    opt.setup(model)
+
+    def loss_now():
+        return float(chainer.functions.softmax_cross_entropy(
+            model.predictor(x), t).array)
+
+    before = loss_now()
+    reporter = chainer.Reporter()
+    reporter.add_observer('main', model)
+    observation = {}
+    with reporter.scope(observation):
+        opt.update(model, x, t)
+    assert float(observation['main/loss'].array) == pytest.approx(before,
+                                                          rel=1e-6)
+    assert loss_now() != pytest.approx(before, rel=1e-3)   # the step moved
+    assert 'kfac/reduction_ratio' in observation
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize('options', [
+    dict(inverse='eigen'), dict(kl_clip=1e-4), dict(fisher='mc'),
+    dict(damping_adaptation=True, damping_adaptation_interval=1)],
+    ids=['eigen', 'kl_clip', 'mc', 'lm'])
+def test_each_option_on_the_gpu_matches_the_cpu(rng, options):
+    """Each option's device path (cupy eigh = syevd, the KL scale on the
+    device, sampling from the device softmax, the adaptation's forward pass)
+    over 4 stale steps in float64 against the same run on NumPy; the
+    Monte-Carlo targets drawn from the same host uniforms on both."""
+    import cupy
+    x, t = nets.conv_batch(rng, n=8)
+    models, opts = [], []
+    for device in ('@numpy', '@cupy:0'):
+        model = nets.make(nets.ConvNet, seed=5)
+        model.to_device(device)
+        opt = KFAC(lr=0.005, momentum=0.9, damping=1e-2, cov_ema_decay=0.5,
+                   stale_warmup=2, **options)
+        opt.setup(model)
+        uniforms = iter(numpy.random.RandomState(9).uniform(size=(8, 8)))
+
+        def sample_targets(probabilities, uniforms=uniforms):
+            xp = chainer.backend.get_array_module(probabilities)
+            u = xp.asarray(next(uniforms))[:, None]
+            cdf = xp.cumsum(probabilities, axis=1)
+            return xp.minimum((cdf < u).sum(axis=1),
+                              probabilities.shape[1] - 1).astype(numpy.int32)
+        opt.sample_targets = sample_targets
+        models.append(model)
+        opts.append(opt)
+    for _ in range(4):
+        for model, xp in zip(models, (numpy, cupy)):
+            opt = opts[models.index(model)]
+            opt.update(model, xp.asarray(x), xp.asarray(t))
+    for (name, p), (_, q) in zip(sorted(models[0].namedparams()),
+                                 sorted(models[1].namedparams())):
+        numpy.testing.assert_allclose(cupy.asnumpy(q.array), p.array,
+                                      rtol=1e-8, atol=1e-10, err_msg=name)
+    assert opts[1].damping == pytest.approx(opts[0].damping, rel=1e-12)

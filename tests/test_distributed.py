@@ -259,8 +259,8 @@ def test_fp16_parameters_stay_identical_on_every_rank(tmp_path, n,
                                              err_msg=key)
 
 
-def dropin_records(tmp_path, n, mode):
-    return run_mpi_records(n, 'dropin.py', tmp_path, mode)
+def dropin_records(tmp_path, n, mode, *extra):
+    return run_mpi_records(n, 'dropin.py', tmp_path, mode, *extra)
 
 
 @pytest.mark.parametrize('n', [2, 3])
@@ -295,20 +295,28 @@ def test_indices_are_each_ranks_blocks_after_setup(tmp_path):
         assert record['owned'] == record['indices'][rank]
 
 
-@pytest.mark.parametrize('n', [2, 3])
+@pytest.mark.parametrize('n,comm_dtype', [(2, 'float32'), (3, 'float32'),
+                                          (2, 'float16')])
 @pytest.mark.parametrize('mode', ['eigen', 'kl_clip', 'mc', 'lm'])
-def test_curvature_options_across_ranks_equal_one_process(tmp_path, n, mode):
-    """Each option of issue 18 on 2 and 3 ranks (stale statistics on) equals
-    KFAC on the global batch."""
-    for record in dropin_records(tmp_path, n, mode):
-        assert record['max_difference'] < 1e-6, record
-        assert record['next_due_equal']
+def test_curvature_options_across_ranks_equal_one_process(tmp_path, n, mode,
+                                                         comm_dtype):
+    """Each option of issue 18 on 2 and 3 ranks over 20 stale steps equals
+    KFAC on the global batch (fp32 communication: to 1e-5, the 40-step
+    long_run.py's bound for the fp32 wire's rounding of float64 values,
+    schedules identical; fp16: within the pipeline's fp16 bound of
+    mpi_scripts/equivalence.py, 2e-2)."""
+    fp32 = comm_dtype == 'float32'
+    for record in dropin_records(tmp_path, n, mode, comm_dtype):
+        assert record['max_difference'] < (1e-5 if fp32 else 2e-2), record
+        if fp32:
+            assert record['next_due_equal']
         if mode == 'kl_clip':
             assert min(record['kl_scales']) < 1     # the bound was active
         if mode == 'lm':
             adapted, reference = record['damping']
-            assert adapted == pytest.approx(reference, rel=1e-12)
             ratios, reference_ratios = record['ratios']
-            assert len(ratios) == 6                 # adapted on every step
-            assert ratios == pytest.approx(reference_ratios, rel=1e-6)
+            assert len(ratios) == 20                # adapted on every step
             assert adapted != 1e-2                  # it moved
+            if fp32:
+                assert adapted == pytest.approx(reference, rel=1e-12)
+                assert ratios == pytest.approx(reference_ratios, rel=1e-6)

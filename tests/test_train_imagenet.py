@@ -155,6 +155,29 @@ def test_fp16_training_with_fp32_master_weights(data, tmp_path):
     assert w.dtype == numpy.float16 and numpy.isfinite(w).all()
 
 
+def test_curvature_options_reach_the_optimizer(data, tmp_path):
+    """The issue-18 flags, with mixup's soft targets, on 2 ranks: they land
+    in the resolved configuration and the optimizer reports what they do."""
+    out = str(tmp_path / 'out')
+    args = base_args(data, out, iterations=4, inverse='eigen', fisher='mc',
+                     mc_samples='2', kl_clip='1e-3',
+                     damping_adaptation_interval='2')
+    result = run_script(2, args + ['--damping_adaptation'])
+    assert result.returncode == 0, result.stdout
+    with open(os.path.join(out, 'config.json')) as f:
+        resolved = json.load(f)
+    resolved = resolved.get('config', resolved)
+    assert (resolved['inverse'], resolved['fisher'], resolved['mc_samples'],
+            resolved['kl_clip'], resolved['damping_adaptation'],
+            resolved['damping_adaptation_interval']) == (
+                'eigen', 'mc', 2, 1e-3, True, 2)
+    with open(os.path.join(out, 'log')) as f:
+        log = json.load(f)
+    assert all('kfac/kl_scale' in e for e in log)
+    assert [e['iteration'] for e in log if 'kfac/damping' in e] == [2, 4]
+    assert all(numpy.isfinite(e['main/loss']) for e in log)
+
+
 # --gpu: without a GPU (forced with CUDA_VISIBLE_DEVICES='', so that this
 # holds on a GPU machine too) one line and exit status 2 on every rank; the
 # runs on a GPU are marked ``gpu`` and skipped without one (they have not run

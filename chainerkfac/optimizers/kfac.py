@@ -724,7 +724,13 @@ class KFAC(optimizer.GradientMethod):
                  for link in self.target.links()
                  if isinstance(link, chainer.links.BatchNormalization)
                  and link.avg_mean is not None]
-        with chainer.no_backprop_mode(), chainer.Reporter().scope({}):
+        # what the model reports in this forward pass goes nowhere: the
+        # current reporter (its observers registered) into a dropped dict
+        try:
+            reporter = chainer.reporter.get_current_reporter()
+        except IndexError:                   # none: reports go nowhere
+            reporter = chainer.Reporter()
+        with chainer.no_backprop_mode(), reporter.scope({}):
             new_loss = lossfun(*args, **kwds).array
         for link, mean, var in saved:
             link.avg_mean[...] = mean

@@ -90,6 +90,30 @@ SCHEMA = collections.OrderedDict([
                              'stale rule: a loss above this times its recent '
                              'average refreshes everything at the next step '
                              '(null: never)')),
+    # curvature options (issue 18), all off by default: the paper's K-FAC
+    ('inverse', Key('cholesky', check.choice('cholesky', 'eigen'),
+                    "'cholesky' (inverses of the damped factors, the paper) "
+                    "or 'eigen' (eigenbases of the factors, exact Tikhonov "
+                    'damping of the Kronecker product)')),
+    ('fisher', Key('empirical', check.choice('empirical', 'mc'),
+                   "'empirical' (G from the labels' gradient, the paper) or "
+                   "'mc' (from targets sampled from the model's softmax: "
+                   'mc_samples extra backward passes on steps some G/F is '
+                   'due)')),
+    ('mc_samples', Key(1, check.integer(1), "samples of fisher 'mc'")),
+    ('kl_clip', Key(None, check.number(0, lo_open=True, none=True),
+                    'bound kappa on the step: scale min(1, sqrt(kappa / '
+                    '(lr^2 sum(Delta . g)))) (null: none)')),
+    ('damping_adaptation', Key(False, check.boolean,
+                               'Levenberg-Marquardt adaptation of damping '
+                               'from the reduction ratio (one extra forward '
+                               'pass every damping_adaptation_interval '
+                               'steps)')),
+    ('damping_adaptation_interval', Key(5, check.integer(1),
+                                        'steps between damping '
+                                        'adaptations')),
+    ('damping_bounds', Key([1e-8, 100.0], check.pair_range(0, float('inf')),
+                           'the adapted damping stays in [low, high]')),
     ('weight_decay', Key(0.0, check.number(0),
                          'L2 coefficient added to the gradient before '
                          'preconditioning (the original: none)')),
