@@ -173,6 +173,9 @@ def run_key(spec):
         key += '|warmup_epochs={}'.format(spec['warmup_epochs'])
     if spec.get('stale_threshold') is not None:
         key += '|stale_threshold={}'.format(spec['stale_threshold'])
+    if spec.get('options'):                     # issue 18's KFAC keywords
+        key += '|options={}'.format(json.dumps(spec['options'],
+                                               sort_keys=True))
     return key
 
 
@@ -224,7 +227,8 @@ def train_run(spec, data, log=print):
         opt = chainerkfac.KFAC(lr=peak, momentum=0.9, damping=spec['damping'],
                                cov_ema_decay=spec['cov_ema_decay'],
                                bn_fisher='unit', acc_iters=acc_iters,
-                               stale=(method == 'kfac_stale'), **stale)
+                               stale=(method == 'kfac_stale'), **dict(
+                                   stale, **spec.get('options') or {}))
     opt.setup(model)
     opt.add_hook(WeightDecay(5e-4))
     stream = index_stream(n, spec['seed'])

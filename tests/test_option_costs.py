@@ -1,4 +1,5 @@
 """benchmarks/curvature_options.py end to end on a tiny run."""
+import json
 import os
 import sys
 
@@ -36,3 +37,28 @@ def test_every_option_is_timed_against_the_default(capsys, monkeypatch):
         assert seconds > 0 and vs_sgd > 0
         assert name == 'SGD' or vs_kfac > 0    # SGD's may round to 0.00
     assert float(rows[names[1]][1]) == 1.0        # the default is the base
+
+
+def test_option_study_runs_resumes_and_reports(tmp_path, capsys):
+    """benchmarks/option_study.py on a tiny slice: each variant's KFAC
+    keywords reach the run (their own key), a rerun skips the records."""
+    sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+    try:
+        import option_study
+    finally:
+        sys.path.pop(0)
+    argv = ['--batch-sizes', '64', '--epochs', '0.25', '--train-limit',
+            '512', '--test-limit', '100', '--evals', '1', '--out',
+            str(tmp_path), '--variant', 'default={}', '--variant',
+            'kl={"kl_clip": 1e-6}']
+    option_study.main(argv)
+    lines = (tmp_path / 'runs.jsonl').read_text().splitlines()
+    assert len(lines) == 2
+    finals = {json.loads(line)['variant']: json.loads(line)['final_acc']
+              for line in lines}
+    assert finals['kl'] != finals['default']   # the keyword reached KFAC
+    report = (tmp_path / 'report.md').read_text()
+    assert '| 64 | default |' in report and '| 64 | kl |' in report
+    option_study.main(argv)
+    assert '2 runs, 2 done before' in capsys.readouterr().out
+    assert len((tmp_path / 'runs.jsonl').read_text().splitlines()) == 2
