@@ -36,6 +36,29 @@ def test_resume_on_another_process_count(tmp_path, saved, resumed):
         sorted(blocks)
 
 
+@pytest.mark.parametrize('options', [
+    '{"inverse": "eigen"}', '{"kl_clip": 1e-4}', '{"fisher": "mc"}',
+    '{"damping_adaptation": true, "damping_adaptation_interval": 1}'],
+    ids=['eigen', 'kl_clip', 'mc', 'lm'])
+def test_curvature_options_resume_on_another_process_count(tmp_path,
+                                                            options):
+    """Each of issue 18's options saved on 2 processes and resumed on 3:
+    the blocks' state (eigenvalues and eigenvectors with 'eigen') on the new
+    owners, the adapted damping everywhere, and the next steps continue the
+    uninterrupted run ('mc': its samples come from the same seeded
+    generator on every rank, so the continuation matches too)."""
+    directory = str(tmp_path / 'snapshot')
+    run_mpi_records(2, 'checkpoint_resume.py', tmp_path / 'save', 'save',
+                    directory, options)
+    records = run_mpi_records(3, 'checkpoint_resume.py', tmp_path / 'load',
+                              'load', directory, options)
+    for record in records:
+        assert record['snapshot_size'] == 2 and record['steps'] == 8
+        assert record['max_error'] <= 2e-5, record
+    assert sorted(n for r in records for n in r['checked']) == \
+        sorted(records[0]['blocks'])
+
+
 def rank_records(directory, n):
     """What each rank of mpi_scripts/snapshot_safety.py wrote."""
     return read_rank_records(directory, n)

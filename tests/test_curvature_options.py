@@ -452,3 +452,17 @@ def test_each_option_on_the_gpu_matches_the_cpu(rng, options):
         numpy.testing.assert_allclose(cupy.asnumpy(q.array), p.array,
                                       rtol=1e-8, atol=1e-10, err_msg=name)
     assert opts[1].damping == pytest.approx(opts[0].damping, rel=1e-12)
+
+
+def test_adaptation_resumed_from_a_snapshot_without_it_warns(rng, tmp_path):
+    model = nets.make(nets.MLP)
+    x, t = nets.mlp_batch(rng, n=32)
+    opt = KFAC(lr=1e-3, damping=1e-2, stale=False)
+    opt.setup(model)
+    opt.update(model, x, t)
+    chainer.serializers.save_npz(str(tmp_path / 'o.npz'), opt)
+    fresh = KFAC(damping=3e-2, damping_adaptation=True, stale=False)
+    fresh.setup(nets.make(nets.MLP))
+    with pytest.warns(RuntimeWarning, match='no adapted damping'):
+        chainer.serializers.load_npz(str(tmp_path / 'o.npz'), fresh)
+    assert fresh.damping == pytest.approx(3e-2)

@@ -767,6 +767,26 @@ class KFAC(optimizer.GradientMethod):
         chainer.report({'kfac/damping': damping,
                         'kfac/reduction_ratio': rho})
 
+    def _serialize_adaptation(self, serializer):
+        """The adapted damping and whether the inverses still owe their
+        re-inversion with it (an adaptation on the step before a snapshot
+        re-inverts at the step after, as an uninterrupted run does). A
+        snapshot written without ``damping_adaptation`` starts it from the
+        configured damping, with a warning."""
+        try:
+            damping = float(serializer('adapted_damping',
+                                       float(self.hyperparam.damping)))
+            pending = int(serializer('adapted_damping_pending',
+                                     int(self._reinvert)))
+        except KeyError:
+            warnings.warn(
+                'chainerkfac: the snapshot has no adapted damping (written '
+                'without damping_adaptation): adapting from damping={}'
+                .format(self.hyperparam.damping), RuntimeWarning)
+            return
+        self.hyperparam.damping = damping
+        self._reinvert = bool(pending)
+
     def reduce_adaptation(self, new_loss, old_loss, model, plain):
         """``(L(theta + delta), L(theta), M(delta))`` as floats: one
         process: these (one host read); DistributedKFAC: the losses' means
@@ -893,8 +913,7 @@ class KFAC(optimizer.GradientMethod):
                                              self.acc_iters))
         super(KFAC, self).serialize(serializer)
         if self.damping_adaptation:
-            self.hyperparam.damping = float(serializer(
-                'adapted_damping', self.hyperparam.damping))
+            self._serialize_adaptation(serializer)
         self.schedule.serialize(serializer['schedule'])
         blocks = serializer['fisher_blocks']
         for block in self.fisher_blocks:

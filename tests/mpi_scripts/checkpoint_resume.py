@@ -1,7 +1,10 @@
 """Sharded snapshot written on N processes, resumed on M (any N, M).
 
-    checkpoint_resume.py save DIR [--out OUT]   (on N processes)
-    checkpoint_resume.py load DIR [--out OUT]   (on M processes, after save)
+    checkpoint_resume.py save DIR [OPTIONS] [--out OUT]   (on N processes)
+    checkpoint_resume.py load DIR [OPTIONS] [--out OUT]   (on M, after save)
+
+OPTIONS: a JSON object of further DistributedKFAC keywords (issue 18's
+curvature options), the same for both.
 
 ``save`` takes STEPS steps of DistributedKFAC, saves a sharded snapshot, and
 writes, independently of the snapshot code, what each rank holds: its owned
@@ -16,6 +19,7 @@ compares the parameters with the uninterrupted run. Each rank writes what
 it owned or checked to OUT/rank<r>.json (rank_record.py) and prints
 'OK rank R'.
 """
+import json
 import os
 import sys
 
@@ -76,10 +80,10 @@ def batches():
             for _ in range(STEPS + MORE)]
 
 
-def setup(comm, seed):
+def setup(comm, seed, options):
     numpy.random.seed(seed)
     model = ConvNet()
-    opt = DistributedKFAC(comm, **KWARGS)
+    opt = DistributedKFAC(comm, **dict(KWARGS, **options))
     opt.setup(model)
     return model, opt
 
@@ -90,9 +94,14 @@ def owned_state(opt, blocks):
     for block in blocks:
         for name in block.statistic_names:
             for table, kind in ((block.ema, 'ema'), (block.inverse, 'inv')):
-                if table[name] is not None:
+                value = table[name]
+                if isinstance(value, tuple):    # inverse='eigen'
+                    out['{}|eigval|{}'.format(block.name, name)] = \
+                        numpy.asarray(value[0])
+                    value = value[1]
+                if value is not None:
                     out['{}|{}|{}'.format(block.name, kind, name)] = \
-                        numpy.asarray(table[name])
+                        numpy.asarray(value)
             out['{}|floor|{}'.format(block.name, name)] = numpy.asarray(
                 block.damping_floor[name])
         for pname, param in zip(block.param_names, block.params):
@@ -112,14 +121,15 @@ def shared_state(model, opt):
     for p in opt.plain_params:
         out['plain_v' + p.name] = p.update_rule.state['v']
     out['t'] = numpy.asarray(opt.t)
+    out['damping'] = numpy.asarray(opt.damping)   # damping_adaptation's
     for key in opt.schedule.next_due:
         out['next_due' + key] = numpy.asarray(opt.schedule.next_due[key])
         out['interval' + key] = numpy.asarray(opt.schedule.interval[key])
     return out
 
 
-def save(comm, directory, out):
-    model, opt = setup(comm, 100)
+def save(comm, directory, out, options):
+    model, opt = setup(comm, 100, options)
     data = batches()
     for x, t in data[:STEPS]:
         opt.update(model, x, t)
@@ -132,6 +142,12 @@ def save(comm, directory, out):
     if comm.rank == 0:
         numpy.savez(os.path.join(ref, 'shared.npz'),
                     **shared_state(model, opt))
+        # fisher='mc' samples from NumPy's global generator, the same on
+        # every rank here (one seed, the same draws): what a trainer's
+        # random-state snapshot restores
+        _, keys, pos, has_gauss, cached = numpy.random.get_state()
+        numpy.savez(os.path.join(ref, 'random_state.npz'), keys=keys,
+                    pos=pos, has_gauss=has_gauss, cached=cached)
     for x, t in data[STEPS:]:
         opt.update(model, x, t)
     if comm.rank == 0:
@@ -143,9 +159,10 @@ def save(comm, directory, out):
     print('OK rank {} owns {}'.format(comm.rank, owned))
 
 
-def load(comm, directory, out):
+def load(comm, directory, out, options):
     rank, size = comm.rank, comm.size
-    model, opt = setup(comm, 7 + rank)   # other weights: the load sets them
+    # other weights: the load sets them
+    model, opt = setup(comm, 7 + rank, options)
     info = checkpoint.load(directory, State(model, opt), opt, comm,
                            optimizer_path='optimizer')
     ref = directory + '_ref'
@@ -191,7 +208,10 @@ def load(comm, directory, out):
     assert flat == sorted(b.name for b in opt.fisher_blocks), flat
 
     # the next steps run, on the owners the load assumed, and continue the
-    # uninterrupted run
+    # uninterrupted run (from the generator state the save run had)
+    with numpy.load(os.path.join(ref, 'random_state.npz')) as f:
+        numpy.random.set_state(('MT19937', f['keys'], int(f['pos']),
+                                int(f['has_gauss']), float(f['cached'])))
     data = batches()
     for i, (x, t) in enumerate(data[STEPS:]):
         opt.update(model, x, t)
@@ -218,9 +238,10 @@ def load(comm, directory, out):
 def main():
     argv, out = rank_record.split_out(sys.argv[1:])
     mode, directory = argv[0], argv[1]
+    options = json.loads(argv[2]) if len(argv) > 2 else {}
     comm = chainerkfac.create_communicator('mpi')
     try:
-        {'save': save, 'load': load}[mode](comm, directory, out)
+        {'save': save, 'load': load}[mode](comm, directory, out, options)
     except checkpoint.CheckpointError as e:
         if comm.rank == 0:
             print('CheckpointError: {}'.format(e), flush=True)
