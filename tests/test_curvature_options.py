@@ -466,3 +466,76 @@ def test_adaptation_resumed_from_a_snapshot_without_it_warns(rng, tmp_path):
     with pytest.warns(RuntimeWarning, match='no adapted damping'):
         chainer.serializers.load_npz(str(tmp_path / 'o.npz'), fresh)
     assert fresh.damping == pytest.approx(3e-2)
+
+
+def stream_sampler(opt, seed=11):
+    """MC targets from one stream of uniforms, consumed row by row: a batch
+    split into micro-batches draws the same uniform for each example as
+    the whole batch does."""
+    stream = numpy.random.RandomState(seed)
+
+    def sample_targets(probabilities):
+        u = stream.uniform(size=(len(probabilities), 1))
+        cdf = numpy.cumsum(probabilities, axis=1)
+        return numpy.minimum((cdf < u).sum(axis=1),
+                             probabilities.shape[1] - 1).astype(numpy.int32)
+    opt.sample_targets = sample_targets
+
+
+@pytest.mark.parametrize('options', [
+    dict(inverse='eigen'), dict(kl_clip=1e-4), dict(fisher='mc')],
+    ids=['eigen', 'kl_clip', 'mc'])
+def test_options_with_acc_iters_equal_the_whole_batch(rng, options):
+    """acc_iters=2 over two halves equals one update on the whole batch
+    (stale statistics on, 6 steps), for each option (damping_adaptation
+    measures its ratio on the last micro-batch, so it is not equal)."""
+    data = [nets.conv_batch(rng, n=8) for _ in range(6)]
+    runs = []
+    for acc_iters in (1, 2):
+        model = nets.make(nets.ConvNet, seed=3)
+        opt = KFAC(lr=0.01, momentum=0.9, damping=1e-2, cov_ema_decay=0.5,
+                   stale_warmup=2, acc_iters=acc_iters, **options)
+        opt.setup(model)
+        stream_sampler(opt)
+        for x, t in data:
+            for part in range(acc_iters):
+                rows = slice(part * 8 // acc_iters,
+                             (part + 1) * 8 // acc_iters)
+                opt.update(model, x[rows], t[rows])
+        runs.append((model, opt))
+    (whole, opt1), (split, opt2) = runs
+    nets.assert_params_equal(nets.params_of(whole), nets.params_of(split),
+                             rtol=1e-10, atol=1e-12)
+    assert opt1.schedule.next_due == opt2.schedule.next_due
+
+
+@pytest.mark.parametrize('bn_fisher', ['full', 'unit', 'diag'])
+def test_eigen_leaves_the_bn_blocks_as_they_are(rng, bn_fisher):
+    """inverse='eigen' changes the Kronecker blocks only: after one step the
+    BN parameters equal the Cholesky run's, in every bn_fisher mode, and the
+    other options train in every mode (finite parameters after 4 steps)."""
+    x, t = nets.conv_batch(rng, n=8)
+    steps = {}
+    for inverse in ('cholesky', 'eigen'):
+        model = nets.make(nets.ConvNet, seed=4, use_bn=True)
+        opt = KFAC(lr=0.01, damping=1e-2, bn_fisher=bn_fisher,
+                   inverse=inverse)
+        opt.setup(model)
+        opt.update(model, x, t)
+        steps[inverse] = nets.params_of(model)
+    bn = [k for k in steps['eigen'] if '/bn' in k]
+    assert bn
+    for k in bn:
+        numpy.testing.assert_allclose(steps['eigen'][k], steps['cholesky'][k],
+                                      rtol=1e-12, err_msg=k)
+    assert any(not numpy.allclose(steps['eigen'][k], steps['cholesky'][k])
+               for k in steps['eigen'] if k not in bn)
+    for options in (dict(kl_clip=1e-4), dict(fisher='mc'),
+                    dict(damping_adaptation=True,
+                         damping_adaptation_interval=1)):
+        model = nets.make(nets.ConvNet, seed=4, use_bn=True)
+        opt = KFAC(lr=0.01, damping=1e-2, bn_fisher=bn_fisher, **options)
+        opt.setup(model)
+        for _ in range(4):
+            opt.update(model, x, t)
+        assert all(numpy.isfinite(p.array).all() for p in model.params())
