@@ -64,3 +64,36 @@ def assert_params_equal(a, b, rtol=0, atol=0):
     for name in a:
         numpy.testing.assert_allclose(a[name], b[name], rtol=rtol, atol=atol,
                                       err_msg=name)
+
+
+def interrupted_and_uninterrupted(kwargs, batches, split, directory,
+                                  loaded=None):
+    """A BN ConvNet trained by ``KFAC(**kwargs)`` over ``batches``, saved
+    after ``split`` of them (model and optimizer, npz); then a fresh model
+    and optimizer from other weights load that snapshot (``loaded(opt)`` is
+    called right after) and take the remaining batches. Returns
+    ``(model, opt, resumed_model, resumed_opt)``."""
+    import os
+    from chainer import serializers
+    from chainerkfac.optimizers import KFAC
+    model = make(ConvNet, use_bn=True)
+    opt = KFAC(**kwargs)
+    opt.setup(model)
+    for x, t in batches[:split]:
+        opt.update(model, x, t)
+    paths = [os.path.join(str(directory), n) for n in ('model.npz',
+                                                        'opt.npz')]
+    serializers.save_npz(paths[0], model)
+    serializers.save_npz(paths[1], opt)
+    for x, t in batches[split:]:
+        opt.update(model, x, t)
+    resumed = make(ConvNet, seed=3, use_bn=True)
+    resumed_opt = KFAC(**kwargs)
+    resumed_opt.setup(resumed)
+    serializers.load_npz(paths[0], resumed)
+    serializers.load_npz(paths[1], resumed_opt)
+    if loaded is not None:
+        loaded(resumed_opt)
+    for x, t in batches[split:]:
+        resumed_opt.update(resumed, x, t)
+    return model, opt, resumed, resumed_opt

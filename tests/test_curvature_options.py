@@ -8,6 +8,7 @@ import pytest
 from chainerkfac import step_status
 from chainerkfac.fisher_blocks.linear import LinearBlock
 from chainerkfac.optimizers import KFAC
+from chainerkfac.optimizers.kfac import inverse_cdf_sample
 import nets
 
 
@@ -95,25 +96,13 @@ def test_eigen_training_resumes_exactly(rng, tmp_path):
     batches = [nets.conv_batch(rng) for _ in range(10)]
     kwargs = dict(lr=0.02, damping=1e-2, inverse='eigen', stale_warmup=2,
                   stale_threshold=1.0)
-    model = nets.make(nets.ConvNet, use_bn=True)
-    opt = KFAC(**kwargs)
-    opt.setup(model)
-    for x, t in batches[:5]:
-        opt.update(model, x, t)
-    chainer.serializers.save_npz(str(tmp_path / 'm.npz'), model)
-    chainer.serializers.save_npz(str(tmp_path / 'o.npz'), opt)
-    for x, t in batches[5:]:
-        opt.update(model, x, t)
-    model2 = nets.make(nets.ConvNet, seed=4, use_bn=True)
-    opt2 = KFAC(**kwargs)
-    opt2.setup(model2)
-    chainer.serializers.load_npz(str(tmp_path / 'm.npz'), model2)
-    chainer.serializers.load_npz(str(tmp_path / 'o.npz'), opt2)
-    conv = [b for b in opt2.fisher_blocks if b.name == '/c1'][0]
-    assert isinstance(conv.inverse['A'], tuple)
-    for x, t in batches[5:]:
-        opt2.update(model2, x, t)
-    nets.assert_params_equal(nets.params_of(model2), nets.params_of(model))
+
+    def loaded(opt):
+        conv = [b for b in opt.fisher_blocks if b.name == '/c1'][0]
+        assert isinstance(conv.inverse['A'], tuple)
+    model, _, resumed, _ = nets.interrupted_and_uninterrupted(
+        kwargs, batches, 5, tmp_path, loaded)
+    nets.assert_params_equal(nets.params_of(resumed), nets.params_of(model))
 
 
 def test_inverse_argument():
@@ -435,11 +424,7 @@ def test_each_option_on_the_gpu_matches_the_cpu(rng, options):
         uniforms = iter(numpy.random.RandomState(9).uniform(size=(8, 8)))
 
         def sample_targets(probabilities, uniforms=uniforms):
-            xp = chainer.backend.get_array_module(probabilities)
-            u = xp.asarray(next(uniforms))[:, None]
-            cdf = xp.cumsum(probabilities, axis=1)
-            return xp.minimum((cdf < u).sum(axis=1),
-                              probabilities.shape[1] - 1).astype(numpy.int32)
+            return inverse_cdf_sample(probabilities, next(uniforms))
         opt.sample_targets = sample_targets
         models.append(model)
         opts.append(opt)
@@ -475,10 +460,8 @@ def stream_sampler(opt, seed=11):
     stream = numpy.random.RandomState(seed)
 
     def sample_targets(probabilities):
-        u = stream.uniform(size=(len(probabilities), 1))
-        cdf = numpy.cumsum(probabilities, axis=1)
-        return numpy.minimum((cdf < u).sum(axis=1),
-                             probabilities.shape[1] - 1).astype(numpy.int32)
+        return inverse_cdf_sample(probabilities,
+                                  stream.uniform(size=len(probabilities)))
     opt.sample_targets = sample_targets
 
 
@@ -539,3 +522,11 @@ def test_eigen_leaves_the_bn_blocks_as_they_are(rng, bn_fisher):
         for _ in range(4):
             opt.update(model, x, t)
         assert all(numpy.isfinite(p.array).all() for p in model.params())
+
+
+def test_inverse_cdf_sample_picks_the_class_the_uniform_falls_in():
+    p = numpy.array([[0.2, 0.5, 0.3], [0.2, 0.5, 0.3], [0.2, 0.5, 0.3],
+                     [1.0, 0.0, 0.0]])
+    u = numpy.array([0.1, 0.6, 0.95, 0.999])
+    assert inverse_cdf_sample(p, u).tolist() == [0, 1, 2, 0]
+    assert inverse_cdf_sample(p, u).dtype == numpy.int32

@@ -510,24 +510,9 @@ def test_resume_continues_the_same_schedule(rng, tmp_path):
     batches = [nets.conv_batch(rng) for _ in range(14)]
     kwargs = dict(lr=0.02, damping=1e-2, cov_ema_decay=0.3, stale_warmup=2,
                   stale_threshold=1.0)
-    model = nets.make(nets.ConvNet, use_bn=True)
-    opt = KFAC(**kwargs)
-    opt.setup(model)
-    for x, t in batches[:7]:
-        opt.update(model, x, t)
-    serializers.save_npz(str(tmp_path / 'model.npz'), model)
-    serializers.save_npz(str(tmp_path / 'opt.npz'), opt)
-    for x, t in batches[7:]:
-        opt.update(model, x, t)
+    model, opt, model2, opt2 = nets.interrupted_and_uninterrupted(
+        kwargs, batches, 7, tmp_path)
     assert max(opt.schedule.interval.values()) > 1   # something went stale
-
-    model2 = nets.make(nets.ConvNet, seed=3, use_bn=True)
-    opt2 = KFAC(**kwargs)
-    opt2.setup(model2)
-    serializers.load_npz(str(tmp_path / 'model.npz'), model2)
-    serializers.load_npz(str(tmp_path / 'opt.npz'), opt2)
-    for x, t in batches[7:]:
-        opt2.update(model2, x, t)
     for table in ('next_due', 'interval', 'last_refresh', 'last_time',
                   'budget'):
         assert getattr(opt2.schedule, table) == getattr(opt.schedule, table)

@@ -37,6 +37,18 @@ def _check(condition, message):
         raise ValueError('chainerkfac.KFAC: ' + message)
 
 
+def inverse_cdf_sample(probabilities, uniforms):
+    """The class of each row of ``probabilities`` (``(N, C)``, rows summing
+    to 1) at its uniform ``uniforms[n]`` in ``[0, 1)``: the first ``c`` with
+    ``sum_{j <= c} p_j >= u`` (the last class where rounding leaves the sum
+    below ``u``), as int32, on the arrays' device."""
+    xp = backend.get_array_module(probabilities)
+    u = xp.asarray(uniforms).astype(probabilities.dtype)[:, None]
+    cdf = xp.cumsum(probabilities, axis=1)
+    return xp.minimum((cdf < u).sum(axis=1),
+                      probabilities.shape[1] - 1).astype(numpy.int32)
+
+
 class KFAC(optimizer.GradientMethod):
     """K-FAC: natural-gradient descent with Kronecker-factored curvature.
 
@@ -439,11 +451,8 @@ class KFAC(optimizer.GradientMethod):
         to 1), drawn from them on the device (inverse CDF of one uniform
         per row, from NumPy's or CuPy's global generator)."""
         xp = backend.get_array_module(probabilities)
-        u = xp.random.uniform(size=(probabilities.shape[0], 1)).astype(
-            probabilities.dtype)
-        cdf = xp.cumsum(probabilities, axis=1)
-        return xp.minimum((cdf < u).sum(axis=1),
-                          probabilities.shape[1] - 1).astype(numpy.int32)
+        return inverse_cdf_sample(probabilities, xp.random.uniform(
+            size=probabilities.shape[0]))
 
     def _keep_loss(self, array):
         """Sums the micro-batches' losses (0-d, on the device) for the stale

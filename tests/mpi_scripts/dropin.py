@@ -12,6 +12,7 @@ import chainer
 import chainer.functions as F
 import numpy
 from chainer import optimizer_hooks
+from chainerkfac.optimizers.kfac import inverse_cdf_sample
 
 import nets
 import rank_record
@@ -37,10 +38,7 @@ def shared_sampler(opt, uniforms, rows):
     calls = iter(uniforms)
 
     def sample_targets(probabilities):
-        u = next(calls)[rows][:, None].astype(probabilities.dtype)
-        cdf = numpy.cumsum(probabilities, axis=1)
-        return numpy.minimum((cdf < u).sum(axis=1),
-                             probabilities.shape[1] - 1).astype(numpy.int32)
+        return inverse_cdf_sample(probabilities, next(calls)[rows])
     opt.sample_targets = sample_targets
 
 
